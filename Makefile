@@ -1,0 +1,67 @@
+# ironlb developer entry points. `make test` is what CI runs.
+SHELL := /usr/bin/env bash
+export GOTOOLCHAIN := local
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
+
+# The control plane (kube-apiserver, etcd, kubectl) built from Go modules and
+# cached outside the repository; the script prints its directory last.
+ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
+
+.PHONY: all build generate deploy-manifest manifests envtest-assets test unit e2e lint bench bench-controller demo demo-keep clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ironlb .
+
+## generate: deepcopy functions and CRD manifests from the API types
+generate:
+	$(GO) tool controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
+	$(GO) tool controller-gen crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(GO) tool controller-gen rbac:roleName=ironlb-controller paths=./controllers/... output:rbac:artifacts:config=config/rbac
+
+## deploy-manifest: render config/default into deploy/ironlb.yaml
+deploy-manifest:
+	"$(ASSETS)/kubectl" kustomize config/default > deploy/ironlb.yaml
+
+manifests: generate
+
+envtest-assets:
+	@bash hack/envtest-assets.sh
+
+## test: every test: unit, against the real API server, and (as root) the
+## privileged namespace and lab tests. Privileged tests skip, saying so, when
+## not root.
+test: lint
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 40m ./...
+
+unit:
+	$(GO) test ./internal/... ./speaker/...
+
+## e2e: the namespace-lab scenarios (root required)
+e2e:
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 20m -v ./e2e/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+## bench-controller: 5,000 Services to all-assigned against the real API
+## server, compared with a bare client writing the same status updates
+bench-controller:
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) run ./e2e/benchcontroller -n 5000
+
+demo:
+	$(GO) run ./e2e/demo
+
+demo-keep:
+	$(GO) run ./e2e/demo --keep
+
+clean:
+	rm -rf bin

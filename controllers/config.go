@@ -1,0 +1,61 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ironlb/ironlb/api/v1beta1"
+	"github.com/ironlb/ironlb/api/v1beta2"
+	"github.com/ironlb/ironlb/internal/ipam"
+	"github.com/ironlb/ironlb/internal/policy"
+)
+
+// loadResources reads every input of policy.Resolve: the metallb.io objects
+// and Secrets of the configuration namespace, and all Namespaces (for
+// namespace selectors).
+func loadResources(ctx context.Context, c client.Reader, namespace string) (policy.Resources, error) {
+	var (
+		r          policy.Resources
+		pools      v1beta1.IPAddressPoolList
+		l2         v1beta1.L2AdvertisementList
+		bgp        v1beta1.BGPAdvertisementList
+		comms      v1beta1.CommunityList
+		bfd        v1beta1.BFDProfileList
+		peers      v1beta2.BGPPeerList
+		secrets    corev1.SecretList
+		namespaces corev1.NamespaceList
+	)
+	in := client.InNamespace(namespace)
+	for _, l := range []struct {
+		list client.ObjectList
+		opts []client.ListOption
+	}{
+		{&pools, []client.ListOption{in}}, {&l2, []client.ListOption{in}}, {&bgp, []client.ListOption{in}},
+		{&comms, []client.ListOption{in}}, {&bfd, []client.ListOption{in}}, {&peers, []client.ListOption{in}},
+		{&secrets, []client.ListOption{in}}, {&namespaces, nil},
+	} {
+		if err := c.List(ctx, l.list, l.opts...); err != nil {
+			return r, fmt.Errorf("list %T: %w", l.list, err)
+		}
+	}
+	r.Pools, r.L2Advs, r.BGPAdvs = pools.Items, l2.Items, bgp.Items
+	r.Communities, r.BFDProfiles, r.Peers = comms.Items, bfd.Items, peers.Items
+	r.Namespaces = namespaces.Items
+	r.Secrets = make(map[string]corev1.Secret, len(secrets.Items))
+	for _, s := range secrets.Items {
+		r.Secrets[s.Namespace+"/"+s.Name] = s
+	}
+	return r, nil
+}
+
+// ipamPools is the allocator's view of the resolved pools.
+func ipamPools(cfg policy.Config) []ipam.Pool {
+	out := make([]ipam.Pool, 0, len(cfg.Pools))
+	for _, p := range cfg.Pools {
+		out = append(out, ipam.Pool{Name: p.Name, Ranges: p.Ranges, AvoidBuggyIPs: p.AvoidBuggyIPs})
+	}
+	return out
+}

@@ -1,0 +1,159 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/ironlb/ironlb/api/v1beta1"
+	"github.com/ironlb/ironlb/api/v1beta2"
+	"github.com/ironlb/ironlb/internal/policy"
+)
+
+// Names of what the configuration reconciler writes.
+const (
+	ConfigurationStateName = "controller"
+	ConditionValid         = "Valid"
+	ReasonInvalidConfig    = "InvalidConfiguration"
+)
+
+// ConfigReconciler resolves the metallb.io objects into one configuration,
+// hands it to the allocator, and reports problems in the ConfigurationState
+// named "controller" and in Events on the objects at fault.
+type ConfigReconciler struct {
+	client.Client
+	Recorder  events.EventRecorder
+	Namespace string
+	LBClass   string
+
+	state    *assignments
+	services *trigger
+	// reported holds the problems already told as Events, so a problem is
+	// told once, not on every resolution.
+	reported map[string]bool
+}
+
+// SetupWithManager registers the reconciler. Every input maps to the one
+// key, so bursts of changes collapse into one resolution.
+func (r *ConfigReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: r.Namespace, Name: ConfigurationStateName}}}
+	})
+	specOnly := builder.WithPredicates(predicate.GenerationChangedPredicate{})
+	b := ctrl.NewControllerManagedBy(mgr).Named("config").
+		For(&v1beta1.ConfigurationState{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetName() == ConfigurationStateName
+		})))
+	for _, o := range []client.Object{&v1beta1.IPAddressPool{}, &v1beta1.L2Advertisement{}, &v1beta1.BGPAdvertisement{},
+		&v1beta1.Community{}, &v1beta1.BFDProfile{}, &v1beta2.BGPPeer{}} {
+		b = b.Watches(o, one, specOnly)
+	}
+	return b.Watches(&corev1.Secret{}, one).
+		Watches(&corev1.Namespace{}, one, builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		Complete(r)
+}
+
+// Reconcile resolves the configuration.
+func (r *ConfigReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	res, err := loadResources(ctx, r.Client, r.Namespace)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	cfg, problems := policy.Resolve(res)
+	r.state.setConfig(cfg)
+
+	var svcs corev1.ServiceList
+	if err := r.List(ctx, &svcs); err != nil {
+		return reconcile.Result{}, err
+	}
+	r.services.Add(serviceRequests(svcs.Items, r.LBClass)...)
+
+	r.tellProblems(res, problems)
+	return reconcile.Result{}, r.writeState(ctx, problems)
+}
+
+// tellProblems records a Warning Event on each object at fault, once per
+// distinct problem.
+func (r *ConfigReconciler) tellProblems(res policy.Resources, problems []policy.Problem) {
+	objects := objectIndex(res)
+	now := make(map[string]bool, len(problems))
+	for _, p := range problems {
+		now[p.Message] = true
+		if r.reported[p.Message] {
+			continue
+		}
+		if obj, ok := objects[p.Kind+"/"+p.Namespace+"/"+p.Name]; ok {
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, ReasonInvalidConfig, "Resolve", "%s", p.Message)
+		}
+	}
+	r.reported = now
+}
+
+func objectIndex(res policy.Resources) map[string]client.Object {
+	idx := map[string]client.Object{}
+	add := func(kind string, o client.Object) { idx[kind+"/"+o.GetNamespace()+"/"+o.GetName()] = o }
+	for i := range res.Pools {
+		add("IPAddressPool", &res.Pools[i])
+	}
+	for i := range res.L2Advs {
+		add("L2Advertisement", &res.L2Advs[i])
+	}
+	for i := range res.BGPAdvs {
+		add("BGPAdvertisement", &res.BGPAdvs[i])
+	}
+	for i := range res.Communities {
+		add("Community", &res.Communities[i])
+	}
+	for i := range res.BFDProfiles {
+		add("BFDProfile", &res.BFDProfiles[i])
+	}
+	for i := range res.Peers {
+		add("BGPPeer", &res.Peers[i])
+	}
+	return idx
+}
+
+// writeState creates or updates ConfigurationState "controller".
+func (r *ConfigReconciler) writeState(ctx context.Context, problems []policy.Problem) error {
+	st := &v1beta1.ConfigurationState{ObjectMeta: metav1.ObjectMeta{Name: ConfigurationStateName, Namespace: r.Namespace}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, st, func() error {
+		if st.Labels == nil {
+			st.Labels = map[string]string{}
+		}
+		st.Labels[v1beta1.ComponentTypeLabel] = "controller"
+		return nil
+	}); err != nil {
+		return fmt.Errorf("write ConfigurationState %s/%s: %w", r.Namespace, ConfigurationStateName, err)
+	}
+	orig := st.DeepCopy()
+	cond := metav1.Condition{Type: ConditionValid, Status: metav1.ConditionTrue, Reason: "Resolved", Message: "every object is part of the configuration", ObservedGeneration: st.Generation}
+	st.Status.Result, st.Status.ErrorSummary = v1beta1.ConfigurationResultValid, ""
+	if len(problems) > 0 {
+		msgs := make([]string, len(problems))
+		for i, p := range problems {
+			msgs[i] = p.Message
+		}
+		st.Status.Result = v1beta1.ConfigurationResultInvalid
+		st.Status.ErrorSummary = strings.Join(msgs, "\n")
+		cond.Status, cond.Reason = metav1.ConditionFalse, ReasonInvalidConfig
+		cond.Message = fmt.Sprintf("%d problem(s); the objects at fault are left out, the rest is in force: %s", len(problems), msgs[0])
+	}
+	apierrors.SetStatusCondition(&st.Status.Conditions, cond)
+	if err := r.Status().Patch(ctx, st, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("write ConfigurationState %s/%s status: %w", r.Namespace, ConfigurationStateName, err)
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+package controllers
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/ironlb/ironlb/api/v1beta1"
+	"github.com/ironlb/ironlb/api/v1beta2"
+)
+
+// Options configure `ironlb controller`.
+type Options struct {
+	Kubeconfig     string
+	MetricsAddr    string
+	ProbeAddr      string
+	LeaderElect    bool
+	Namespace      string
+	LBClass        string
+	ReconcileBurst int
+	// SkipNameValidation lets tests run several managers in one process.
+	SkipNameValidation bool
+	zap                zap.Options
+}
+
+// BindFlags registers the controller's flags.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "path to a kubeconfig; defaults to $KUBECONFIG, then the in-cluster configuration")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":7472", "address the Prometheus metrics endpoint binds to; 0 disables it")
+	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz probes bind to; 0 disables them")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller through a Lease, so replicas never assign concurrently")
+	fs.StringVar(&o.Namespace, "namespace", defaultNamespace(), "namespace holding the metallb.io configuration (IPAddressPools, advertisements, peers)")
+	fs.StringVar(&o.LBClass, "lb-class", "", "serve only Services with this spec.loadBalancerClass; empty serves Services without a class")
+	fs.IntVar(&o.ReconcileBurst, "service-workers", 4, "Services whose status is written in parallel (allocation itself is serialised)")
+	o.zap.BindFlags(fs)
+}
+
+func defaultNamespace() string {
+	for _, env := range []string{"METALLB_NAMESPACE", "POD_NAMESPACE"} {
+		if ns := os.Getenv(env); ns != "" {
+			return ns
+		}
+	}
+	return "metallb-system"
+}
+
+// NewScheme returns a scheme with the core Kubernetes types and ironlb's API.
+func NewScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1beta1.AddToScheme, v1beta2.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err) // static registration of compiled-in types cannot fail
+		}
+	}
+	return s
+}
+
+// restConfig honours --kubeconfig, then KUBECONFIG and in-cluster config.
+func restConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		return clientcmd.BuildConfigFromFlags("", path)
+	}
+	return ctrl.GetConfig()
+}
+
+// Run starts the controller manager and blocks until SIGTERM or SIGINT.
+func Run(o Options) error {
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zap)))
+	cfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	mgr, err := NewManager(cfg, o)
+	if err != nil {
+		return err
+	}
+	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// NewManager builds the manager with every controller of the controller
+// role; tests use it to run the same wiring in-process.
+func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, error) {
+	if o.Namespace == "" {
+		o.Namespace = "metallb-system"
+	}
+	inNamespace := cache.ByObject{Namespaces: map[string]cache.Config{o.Namespace: {}}}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        NewScheme(),
+		Metrics:                       metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:        o.ProbeAddr,
+		LeaderElection:                o.LeaderElect,
+		LeaderElectionID:              "ironlb-controller",
+		LeaderElectionNamespace:       o.Namespace,
+		LeaderElectionReleaseOnCancel: true,
+		Controller:                    ctrlconfig.Controller{SkipNameValidation: &o.SkipNameValidation},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&v1beta1.IPAddressPool{}:      inNamespace,
+			&v1beta1.L2Advertisement{}:    inNamespace,
+			&v1beta1.BGPAdvertisement{}:   inNamespace,
+			&v1beta1.Community{}:          inNamespace,
+			&v1beta1.BFDProfile{}:         inNamespace,
+			&v1beta2.BGPPeer{}:            inNamespace,
+			&v1beta1.ConfigurationState{}: inNamespace,
+			&corev1.Secret{}:              inNamespace,
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := Setup(mgr, o); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}

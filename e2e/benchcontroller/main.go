@@ -1,0 +1,192 @@
+// Command benchcontroller measures how long `ironlb controller` takes to give
+// N LoadBalancer Services an address against the real test API server, and
+// compares it with a bare client that makes the same writes (create the
+// Service, write its status, annotate it) with the same parallelism. The
+// last line it prints is
+//
+//	controller-assign n=N seconds=X bare-seconds=Y ratio=R rss-mib=M
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ironlb/ironlb/api/v1beta1"
+	"github.com/ironlb/ironlb/e2e/controlplane"
+)
+
+func main() {
+	n := flag.Int("n", 5000, "number of Services")
+	workers := flag.Int("workers", 4, "parallel writers, for the creator and for the bare client")
+	flag.Parse()
+	if err := run(*n, *workers); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(n, workers int) error {
+	ctx := context.Background()
+	env, err := controlplane.StartWith(controlplane.Options{})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	c := env.Client
+	for _, name := range []string{"metallb-system", "bench", "bare"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+			return err
+		}
+	}
+	if err := c.Create(ctx, &v1beta1.IPAddressPool{
+		ObjectMeta: metav1.ObjectMeta{Name: "bench", Namespace: "metallb-system"},
+		Spec:       v1beta1.IPAddressPoolSpec{Addresses: []string{"172.20.0.0/16"}},
+	}); err != nil {
+		return err
+	}
+
+	// Bare client: the same writes the controller makes, nothing else.
+	bareClass := "bench.example/bare"
+	start := time.Now()
+	err = parallel(n, workers, func(i int) error {
+		s := service("bare", i)
+		s.Spec.LoadBalancerClass = &bareClass
+		if err := c.Create(ctx, s); err != nil {
+			return err
+		}
+		orig := s.DeepCopy()
+		vip := corev1.LoadBalancerIPModeVIP
+		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: fmt.Sprintf("172.21.%d.%d", i/256, i%256), IPMode: &vip}}
+		if err := c.Status().Patch(ctx, s, client.MergeFrom(orig)); err != nil {
+			return err
+		}
+		orig = s.DeepCopy()
+		s.Annotations = map[string]string{"metallb.io/ip-allocated-from-pool": "bench"}
+		return c.Patch(ctx, s, client.MergeFrom(orig))
+	})
+	if err != nil {
+		return fmt.Errorf("bare client: %w", err)
+	}
+	bare := time.Since(start)
+
+	bin, err := buildIronlb()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "controller", "--kubeconfig", env.Kubeconfig, "--leader-elect=false",
+		"--metrics-bind-address=0", "--health-probe-bind-address=0", "--zap-log-level=error")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+
+	start = time.Now()
+	if err := parallel(n, workers, func(i int) error { return c.Create(ctx, service("bench", i)) }); err != nil {
+		return fmt.Errorf("create services: %w", err)
+	}
+	for {
+		var list corev1.ServiceList
+		if err := c.List(ctx, &list, client.InNamespace("bench")); err != nil {
+			return err
+		}
+		done := 0
+		for _, s := range list.Items {
+			if len(s.Status.LoadBalancer.Ingress) == 1 && s.Annotations["metallb.io/ip-allocated-from-pool"] != "" {
+				done++
+			}
+		}
+		if done == n {
+			break
+		}
+		if time.Since(start) > 30*time.Minute {
+			return fmt.Errorf("only %d of %d services assigned after 30 minutes", done, n)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval of the measurement
+	}
+	took := time.Since(start)
+	rss := peakRSSMiB(cmd.Process.Pid)
+	fmt.Printf("controller-assign n=%d seconds=%.2f bare-seconds=%.2f ratio=%.2f rss-mib=%.1f\n",
+		n, took.Seconds(), bare.Seconds(), took.Seconds()/bare.Seconds(), rss)
+	return nil
+}
+
+func service(namespace string, i int) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s%05d", i), Namespace: namespace},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: map[string]string{"app": "bench"},
+			Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}},
+		},
+	}
+}
+
+// parallel runs fn(0..n-1) on workers goroutines and returns the first error.
+func parallel(n, workers int, fn func(int) error) error {
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+		next  = make(chan int)
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(i); err != nil {
+					once.Do(func() { first = err })
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return first
+}
+
+func buildIronlb() (string, error) {
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(os.TempDir(), "ironlb-bench")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build ironlb: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+// peakRSSMiB reads the process's high-water resident set size.
+func peakRSSMiB(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb float64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%f", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}

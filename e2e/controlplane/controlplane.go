@@ -1,0 +1,220 @@
+// Package controlplane starts the real Kubernetes control plane that ironlb's
+// tests, lab and demo run against: kube-apiserver and etcd built by
+// hack/envtest-assets.sh, with ironlb's CRDs installed, plus a kubeconfig and
+// the matching kubectl so tests can act exactly as a user would.
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/ironlb/ironlb/controllers"
+)
+
+// KubernetesVersion is the version hack/envtest-assets.sh builds by default.
+const KubernetesVersion = "v1.35.4"
+
+// Options tune a control plane started outside a test.
+type Options struct {
+	// BindAddress is where kube-apiserver listens; empty means 127.0.0.1.
+	// The lab binds it to the host's lab address so node namespaces reach it.
+	BindAddress string
+	// CRDDirectory defaults to config/crd/bases of this repository.
+	CRDDirectory string
+}
+
+// Env is a running control plane.
+type Env struct {
+	Config     *rest.Config
+	Client     client.Client
+	Scheme     *runtime.Scheme
+	Kubeconfig string // path of a kubeconfig for kubectl and ironlb processes
+	AssetsDir  string // where kube-apiserver, etcd and kubectl live
+
+	env *envtest.Environment
+	dir string
+}
+
+// Scheme returns the scheme ironlb's controllers use.
+func Scheme() *runtime.Scheme { return controllers.NewScheme() }
+
+// Start runs a control plane for the test and stops it when the test ends.
+// Missing binaries fail the test: a control-plane test that skips silently
+// would prove nothing.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	e, err := StartWith(Options{})
+	if err != nil {
+		t.Fatalf("start control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Logf("stop control plane: %v", err)
+		}
+	})
+	return e
+}
+
+// StartWith runs a control plane for a program such as the demo; the caller
+// must Stop it.
+func StartWith(opts Options) (*Env, error) {
+	assets, err := AssetsDir()
+	if err != nil {
+		return nil, err
+	}
+	crds := opts.CRDDirectory
+	if crds == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return nil, err
+		}
+		crds = filepath.Join(root, "config", "crd", "bases")
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{crds},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                Scheme(),
+	}
+	apiserver := env.ControlPlane.GetAPIServer()
+	if opts.BindAddress != "" {
+		apiserver.SecureServing.Address = opts.BindAddress
+	}
+	// Dual-stack Service ranges, so Services can ask for both families as
+	// they do on dual-stack clusters. Private ranges that never leave the
+	// apiserver: no traffic is sent to them.
+	apiserver.Configure().Set("service-cluster-ip-range", "10.96.0.0/16,fd00:10:96::/112")
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)
+	}
+	e := &Env{Config: cfg, Scheme: env.Scheme, AssetsDir: assets, env: env}
+	if err := e.finish(); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Env) finish() error {
+	c, err := client.New(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		return fmt.Errorf("client for control plane: %w", err)
+	}
+	e.Client = c
+	user, err := e.env.AddUser(envtest.User{Name: "ironlb-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("add admin user: %w", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("render kubeconfig: %w", err)
+	}
+	e.dir, err = os.MkdirTemp("", "ironlb-controlplane-")
+	if err != nil {
+		return err
+	}
+	e.Kubeconfig = filepath.Join(e.dir, "kubeconfig")
+	return os.WriteFile(e.Kubeconfig, kubeconfig, 0o600)
+}
+
+// Stop stops kube-apiserver and etcd and removes the kubeconfig.
+func (e *Env) Stop() error {
+	err := e.env.Stop()
+	if e.dir != "" {
+		err = errors.Join(err, os.RemoveAll(e.dir))
+	}
+	return err
+}
+
+// Kubectl runs the real kubectl against this control plane and returns its
+// combined output, as a user would see it.
+func (e *Env) Kubectl(args ...string) (string, error) {
+	return e.KubectlInput(nil, args...)
+}
+
+// KubectlInput is Kubectl with the given bytes on standard input (for
+// `kubectl apply -f -`).
+func (e *Env) KubectlInput(stdin []byte, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(e.AssetsDir, "kubectl"), append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// AssetsDir finds the control-plane binaries: KUBEBUILDER_ASSETS, or the
+// cache that hack/envtest-assets.sh fills.
+func AssetsDir() (string, error) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		cache := os.Getenv("IRONLB_CACHE")
+		if cache == "" {
+			base, err := os.UserCacheDir()
+			if err != nil {
+				return "", fmt.Errorf("locate control plane binaries: %w", err)
+			}
+			cache = filepath.Join(base, "ironlb")
+		}
+		dir = filepath.Join(cache, "k8s", KubernetesVersion)
+	}
+	for _, bin := range []string{"kube-apiserver", "etcd", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
+			return "", fmt.Errorf("control plane binary %s missing in %s (run `make envtest-assets`): %w", bin, dir, err)
+		}
+	}
+	return dir, nil
+}
+
+// RepoRoot is the directory holding this module's go.mod, found from the
+// working directory upwards (tests run inside their package directory).
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(bytes.TrimSpace(data), []byte("module github.com/ironlb/ironlb")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("repository root (go.mod of github.com/ironlb/ironlb) not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// ExamplesDir is ../shared/examples beside the repository: the manifests
+// users apply today, which must work unchanged.
+func ExamplesDir() (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(filepath.Dir(root), "shared", "examples")
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("example manifests: %w", err)
+	}
+	return dir, nil
+}

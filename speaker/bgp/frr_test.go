@@ -1,0 +1,453 @@
+package bgp
+
+// Against real FRR: a router namespace running zebra and bgpd on a bridge,
+// and one namespace per node running a speaker. A speaker is this test
+// binary re-executed inside its namespace (a network namespace belongs to
+// an OS thread, and the BGP server's goroutines move between threads).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	frrDir       = "/usr/lib/frr"
+	routerASN    = 64500
+	nodeASN      = 64512
+	helperEnv    = "IRONLB_BGP_SPEAKER_HELPER"
+	frrTimeout   = 60 * time.Second
+	labRouter    = "172.25.254.1"
+	labRouterV6  = "fd00:254::1"
+	labPrefixLen = 24
+)
+
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(helperEnv); cfg != "" {
+		os.Exit(speakerHelper(cfg))
+	}
+	os.Exit(m.Run())
+}
+
+// speakerHelper runs one speaker peering with the lab router. cfg is
+// "routerID,ipv6". Each stdin line is the space-separated prefixes to
+// advertise; "ok" is printed once applied. EOF or SIGTERM stops cleanly.
+func speakerHelper(cfg string) int {
+	parts := strings.Split(cfg, ",")
+	rid := netip.MustParseAddr(parts[0])
+	v6 := netip.MustParseAddr(parts[1])
+	s, err := New(Config{RouterID: rid, Logger: testLogger(nil)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	peers := []PeerConfig{
+		{Name: "tor", Address: netip.MustParseAddr(labRouter), MyASN: nodeASN, PeerASN: routerASN, ConnectTime: time.Second},
+		{Name: "tor6", Address: netip.MustParseAddr(labRouterV6), MyASN: nodeASN, PeerASN: routerASN, ConnectTime: time.Second, SourceAddress: v6},
+	}
+	if err := s.SyncPeers(ctx, peers); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				cancel()
+				continue
+			}
+			var paths []Path
+			for _, f := range strings.Fields(line) {
+				paths = append(paths, Path{Prefix: netip.MustParsePrefix(f)})
+			}
+			if err := s.SyncPaths(ctx, paths); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			fmt.Println("ok")
+		case err := <-done:
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			return 0
+		}
+	}
+}
+
+type lab struct {
+	t      testing.TB
+	suffix string
+	router string // namespace
+	dir    string // FRR state
+}
+
+func requireLab(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	for _, bin := range []string{filepath.Join(frrDir, "bgpd"), filepath.Join(frrDir, "zebra")} {
+		if _, err := os.Stat(bin); err != nil {
+			t.Skipf("FRR not installed (%v); apt-get install -y frr", err)
+		}
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("iproute2 not installed")
+	}
+}
+
+func run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newLab creates the router namespace with a bridge and starts FRR there.
+// Everything is removed in cleanup, also when the test fails.
+func newLab(t testing.TB) *lab {
+	t.Helper()
+	l := &lab{t: t, suffix: strconv.Itoa(os.Getpid() % 100000)}
+	l.router = "ilb-r-" + l.suffix
+	run(t, "ip", "netns", "add", l.router)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.router).Run() })
+	ns := func(args ...string) { run(t, append([]string{"ip", "netns", "exec", l.router}, args...)...) }
+	ns("ip", "link", "set", "lo", "up")
+	ns("ip", "link", "add", "br0", "type", "bridge")
+	ns("ip", "addr", "add", labRouter+"/24", "dev", "br0")
+	ns("ip", "addr", "add", labRouterV6+"/64", "dev", "br0", "nodad")
+	ns("ip", "link", "set", "br0", "up")
+
+	// FRR drops to user frr, which cannot enter t.TempDir's private parent.
+	dir, err := os.MkdirTemp("", "ironlb-frr-")
+	if err != nil {
+		t.Fatalf("create FRR dir: %v", err)
+	}
+	l.dir = dir
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	run(t, "chown", "frr:frr", l.dir)
+	neighbours := ""
+	for _, n := range []string{"172.25.254.11", "172.25.254.12", "fd00:254::11", "fd00:254::12"} {
+		neighbours += fmt.Sprintf(" neighbor %s remote-as %d\n neighbor %s timers connect 1\n", n, nodeASN, n)
+	}
+	bgpConf := fmt.Sprintf(`hostname lab-router
+log file %s/bgpd.log
+router bgp %d
+ bgp router-id %s
+ no bgp ebgp-requires-policy
+ bgp bestpath as-path multipath-relax
+%s address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor fd00:254::11 activate
+  neighbor fd00:254::12 activate
+  maximum-paths 8
+ exit-address-family
+`, l.dir, routerASN, labRouter, neighbours)
+	for name, conf := range map[string]string{"zebra.conf": "hostname lab-router\n", "bgpd.conf": bgpConf, "vtysh.conf": ""} {
+		p := filepath.Join(l.dir, name)
+		if err := os.WriteFile(p, []byte(conf), 0o644); err != nil {
+			t.Fatalf("write %s: %v", p, err)
+		}
+	}
+	l.daemon("zebra", "-z", filepath.Join(l.dir, "zserv.api"), "--vty_socket", l.dir, "-i", filepath.Join(l.dir, "zebra.pid"), "-f", filepath.Join(l.dir, "zebra.conf"))
+	eventually(t, frrTimeout, "zebra socket", func() string {
+		if _, err := os.Stat(filepath.Join(l.dir, "zserv.api")); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	l.daemon("bgpd", "-z", filepath.Join(l.dir, "zserv.api"), "--vty_socket", l.dir, "-i", filepath.Join(l.dir, "bgpd.pid"), "-f", filepath.Join(l.dir, "bgpd.conf"), "-p", "179")
+	eventually(t, frrTimeout, "bgpd answering vtysh", func() string {
+		if _, err := l.vtysh("show bgp summary json"); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	return l
+}
+
+// daemon runs an FRR daemon in the foreground inside the router namespace,
+// killed by its process id in cleanup.
+func (l *lab) daemon(name string, args ...string) {
+	t := l.t
+	cmd := exec.Command("ip", append([]string{"netns", "exec", l.router, filepath.Join(frrDir, name)}, args...)...)
+	out, err := os.Create(filepath.Join(l.dir, name+".out"))
+	if err != nil {
+		t.Fatalf("create %s output: %v", name, err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		out.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(l.dir, name+".log"))
+			o, _ := os.ReadFile(out.Name())
+			t.Logf("%s output:\n%s%s", name, o, b)
+		}
+	})
+}
+
+func (l *lab) vtysh(command string) ([]byte, error) {
+	return exec.Command("ip", "netns", "exec", l.router, "vtysh", "--vty_socket", l.dir, "-c", command).CombinedOutput()
+}
+
+// nextHops reads the router's RIB (zebra) for one prefix.
+func (l *lab) nextHops(pfx netip.Prefix) ([]string, error) {
+	cmd := "show ip route " + pfx.String() + " json"
+	if pfx.Addr().Is6() {
+		cmd = "show ipv6 route " + pfx.String() + " json"
+	}
+	out, err := l.vtysh(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("vtysh %q: %v: %s", cmd, err, out)
+	}
+	var routes map[string][]struct {
+		Protocol string `json:"protocol"`
+		Selected bool   `json:"selected"`
+		Nexthops []struct {
+			IP     string `json:"ip"`
+			Active bool   `json:"active"`
+		} `json:"nexthops"`
+	}
+	if err := json.Unmarshal(out, &routes); err != nil {
+		return nil, fmt.Errorf("parse %q: %v: %s", cmd, err, out)
+	}
+	var hops []string
+	for _, r := range routes[pfx.String()] {
+		if r.Protocol != "bgp" || !r.Selected {
+			continue
+		}
+		for _, nh := range r.Nexthops {
+			if nh.Active {
+				hops = append(hops, nh.IP)
+			}
+		}
+	}
+	slices.Sort(hops)
+	return hops, nil
+}
+
+// node is a speaker process in its own namespace on the lab bridge.
+type node struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Scanner
+	done  chan error
+}
+
+func (l *lab) addNode(idx int) *node {
+	t := l.t
+	name := fmt.Sprintf("ilb-n%d-%s", idx, l.suffix)
+	host := fmt.Sprintf("ilbv%d-%s", idx, l.suffix)
+	v4 := fmt.Sprintf("172.25.254.%d", 10+idx)
+	v6 := fmt.Sprintf("fd00:254::%d", 10+idx)
+	run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	run(t, "ip", "link", "add", host, "netns", l.router, "type", "veth", "peer", "name", "eth0", "netns", name)
+	in := func(ns string, args ...string) { run(t, append([]string{"ip", "netns", "exec", ns}, args...)...) }
+	in(l.router, "ip", "link", "set", host, "master", "br0", "up")
+	in(name, "ip", "link", "set", "lo", "up")
+	in(name, "ip", "addr", "add", v4+"/24", "dev", "eth0")
+	in(name, "ip", "addr", "add", v6+"/64", "dev", "eth0", "nodad")
+	in(name, "ip", "link", "set", "eth0", "up")
+
+	cmd := exec.Command("ip", "netns", "exec", name, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+v4+","+v6)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start speaker in %s: %v", name, err)
+	}
+	n := &node{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout), done: make(chan error, 1)}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-n.done
+	})
+	go func() { n.done <- cmd.Wait() }()
+	return n
+}
+
+func (n *node) advertise(t testing.TB, prefixes ...netip.Prefix) {
+	t.Helper()
+	var fields []string
+	for _, p := range prefixes {
+		fields = append(fields, p.String())
+	}
+	if _, err := fmt.Fprintln(n.stdin, strings.Join(fields, " ")); err != nil {
+		t.Fatalf("send paths to speaker: %v", err)
+	}
+	if !n.out.Scan() || n.out.Text() != "ok" {
+		t.Fatalf("speaker did not apply paths: %q %v", n.out.Text(), n.out.Err())
+	}
+}
+
+// stop ends the speaker cleanly (EOF on stdin) and waits for it.
+func (n *node) stop(t testing.TB) {
+	t.Helper()
+	n.stdin.Close()
+	select {
+	case err := <-n.done:
+		n.done <- err // for cleanup
+		if err != nil {
+			t.Fatalf("speaker exited with %v", err)
+		}
+	case <-time.After(frrTimeout):
+		t.Fatalf("speaker did not stop within %v", frrTimeout)
+	}
+}
+
+func (l *lab) wantNextHops(t *testing.T, pfx netip.Prefix, want []string) {
+	t.Helper()
+	eventually(t, frrTimeout, fmt.Sprintf("next hops of %v at FRR", pfx), func() string {
+		got, err := l.nextHops(pfx)
+		if err != nil {
+			return err.Error()
+		}
+		if !slices.Equal(got, want) {
+			return fmt.Sprintf("next hops %v, want %v", got, want)
+		}
+		return ""
+	})
+}
+
+func TestFRRECMPAndWithdraw(t *testing.T) {
+	requireLab(t)
+	l := newLab(t)
+	n1, n2 := l.addNode(1), l.addNode(2)
+	vip := netip.MustParsePrefix("172.25.254.50/32")
+	vip6 := netip.MustParsePrefix("fd00:254::50/128")
+	n1.advertise(t, vip, vip6)
+	n2.advertise(t, vip, vip6)
+	l.wantNextHops(t, vip, []string{"172.25.254.11", "172.25.254.12"})
+	l.wantNextHops(t, vip6, []string{"fd00:254::11", "fd00:254::12"})
+
+	// Level-triggered withdrawal from one node leaves the other.
+	n1.advertise(t)
+	l.wantNextHops(t, vip, []string{"172.25.254.12"})
+	l.wantNextHops(t, vip6, []string{"fd00:254::12"})
+
+	// A clean stop withdraws at once, well before any hold timer.
+	start := time.Now()
+	n2.stop(t)
+	l.wantNextHops(t, vip, nil)
+	l.wantNextHops(t, vip6, nil)
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("withdrawal on clean stop took %v, want well under the 90s hold time", d)
+	}
+}
+
+// BenchmarkFRRAnnounce measures a speaker's SyncPaths until FRR has put the
+// route in the router namespace's kernel table (seen by `ip monitor`), and
+// removal until the kernel route is deleted.
+func BenchmarkFRRAnnounce(b *testing.B) {
+	requireLab(b)
+	l := newLab(b)
+	n := l.addNode(1)
+	mon := exec.Command("ip", "netns", "exec", l.router, "ip", "-4", "monitor", "route")
+	out, err := mon.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := mon.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = mon.Process.Kill(); _ = mon.Wait() })
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	await := func(pfx netip.Prefix, deleted bool) {
+		timeout := time.After(frrTimeout)
+		for {
+			select {
+			case line := <-lines:
+				f := strings.Fields(line)
+				if len(f) == 0 {
+					continue
+				}
+				isDel := f[0] == "Deleted"
+				if isDel {
+					f = f[1:]
+				}
+				if isDel == deleted && len(f) > 0 && (f[0] == pfx.Addr().String() || f[0] == pfx.String()) {
+					return
+				}
+			case <-timeout:
+				b.Fatalf("kernel route %v (deleted=%v) not seen within %v", pfx, deleted, frrTimeout)
+			}
+		}
+	}
+	// The first route also waits for the session; keep it out of the figures.
+	warm := netip.MustParsePrefix("198.18.255.1/32")
+	n.advertise(b, warm)
+	await(warm, false)
+	n.advertise(b)
+	await(warm, true)
+
+	var announce, withdraw []time.Duration
+	base := netip.MustParseAddr("198.18.0.1")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		pfx := netip.PrefixFrom(base, 32)
+		base = base.Next()
+		t0 := time.Now()
+		n.advertise(b, pfx)
+		await(pfx, false)
+		announce = append(announce, time.Since(t0))
+		t0 = time.Now()
+		n.advertise(b)
+		await(pfx, true)
+		withdraw = append(withdraw, time.Since(t0))
+	}
+	b.StopTimer()
+	report := func(name string, d []time.Duration) {
+		slices.Sort(d)
+		b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"_p50_ms")
+		b.ReportMetric(float64(d[len(d)*99/100].Microseconds())/1000, name+"_p99_ms")
+	}
+	report("announce", announce)
+	report("withdraw", withdraw)
+}

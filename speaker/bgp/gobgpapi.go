@@ -1,0 +1,317 @@
+package bgp
+
+// This file alone talks to the embedded gobgp server and converts to and
+// from its API types.
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/go-logr/logr"
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/apiutil"
+	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+const (
+	importPolicy = "ironlb-import"
+	exportPolicy = "ironlb-export"
+	anyIPv4Set   = "ironlb-any-ipv4"
+	anyIPv6Set   = "ironlb-any-ipv6"
+	// markerGlobal is the reserved global administrator 4294967295 (RFC
+	// 8092), which no operator assigns, and markerLocal spells "IRLB": a
+	// marker large community 4294967295:1230130242:<peer id> never collides
+	// with communities users configure, and never leaves the node.
+	markerGlobal = 4294967295
+	markerLocal  = 1230130242
+)
+
+var markerRegexp = fmt.Sprintf("^%d:%d:[0-9]+$", markerGlobal, markerLocal)
+
+// router is the running gobgp server.
+type router struct {
+	srv *server.BgpServer
+}
+
+// sessionState is one neighbour as the server reports it.
+type sessionState struct {
+	up         bool
+	state      string
+	advertised int
+}
+
+func startRouter(cfg Config, log logr.Logger, noteDown func(netip.Addr, string)) (*router, error) {
+	srv := server.NewBgpServer(server.LoggerOption(&logAdapter{log: log.WithName("gobgp"), noteDown: noteDown}))
+	// Serve has no way to stop; it idles once the server is stopped.
+	go srv.Serve()
+	ctx := context.Background()
+	err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		// Every session sets its own local ASN; the global one is only a
+		// placeholder the server requires.
+		Asn:        64512,
+		RouterId:   cfg.RouterID.String(),
+		ListenPort: cfg.ListenPort,
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("start bgp server: %w", err)
+	}
+	r := &router{srv: srv}
+	if err := r.setExportPolicy(ctx, nil, nil); err != nil {
+		r.stop(ctx)
+		return nil, err
+	}
+	// Received routes are rejected on import, so they are neither installed
+	// (there is no zebra) nor re-advertised; local paths pass.
+	for _, a := range []*api.PolicyAssignment{
+		{Name: "global", Direction: api.PolicyDirection_IMPORT, Policies: []*api.Policy{{Name: importPolicy}}, DefaultAction: api.RouteAction_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: exportPolicy}}, DefaultAction: api.RouteAction_REJECT},
+	} {
+		if err := srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: a}); err != nil {
+			r.stop(ctx)
+			return nil, fmt.Errorf("assign %s policy: %w", a.Direction, err)
+		}
+	}
+	return r, nil
+}
+
+func (r *router) stop(ctx context.Context) {
+	_ = r.srv.StopBgp(ctx, &api.StopBgpRequest{})
+}
+
+// setExportPolicy rebuilds the whole policy: one statement per peer that
+// accepts paths carrying the peer's marker, strips the markers and, for
+// dual-stack sessions, sets the other family's next hop.
+func (r *router) setExportPolicy(ctx context.Context, peers map[string]PeerConfig, markers map[string]uint32) error {
+	sets := []*api.DefinedSet{
+		{DefinedType: api.DefinedType_PREFIX, Name: anyIPv4Set, Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 0, MaskLengthMax: 32}}},
+		{DefinedType: api.DefinedType_PREFIX, Name: anyIPv6Set, Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 0, MaskLengthMax: 128}}},
+	}
+	var stmts []*api.Statement
+	for _, name := range slices.Sorted(maps.Keys(peers)) {
+		p, id := peers[name], markers[name]
+		nset := "ironlb-peer-" + strconv.FormatUint(uint64(id), 10)
+		mset := "ironlb-marker-" + strconv.FormatUint(uint64(id), 10)
+		sets = append(sets,
+			&api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: nset, List: []string{netip.PrefixFrom(p.Address, p.Address.BitLen()).String()}},
+			&api.DefinedSet{DefinedType: api.DefinedType_LARGE_COMMUNITY, Name: mset, List: []string{fmt.Sprintf("^%d:%d:%d$", markerGlobal, markerLocal, id)}},
+		)
+		cond := func() *api.Conditions {
+			return &api.Conditions{
+				NeighborSet:       &api.MatchSet{Type: api.MatchSet_ANY, Name: nset},
+				LargeCommunitySet: &api.MatchSet{Type: api.MatchSet_ANY, Name: mset},
+			}
+		}
+		strip := func() *api.Actions {
+			return &api.Actions{
+				RouteAction:    api.RouteAction_ACCEPT,
+				LargeCommunity: &api.CommunityAction{Type: api.CommunityAction_REMOVE, Communities: []string{markerRegexp}},
+			}
+		}
+		if nh, ok := crossFamilyNextHop(p); ok {
+			c, a := cond(), strip()
+			c.PrefixSet = &api.MatchSet{Type: api.MatchSet_ANY, Name: anyIPv4Set}
+			if nh.Is6() {
+				c.PrefixSet.Name = anyIPv6Set
+			}
+			a.Nexthop = &api.NexthopAction{Address: nh.String()}
+			stmts = append(stmts, &api.Statement{Name: nset + "-other-family", Conditions: c, Actions: a})
+		}
+		stmts = append(stmts, &api.Statement{Name: nset, Conditions: cond(), Actions: strip()})
+	}
+	err := r.srv.SetPolicies(ctx, &api.SetPoliciesRequest{
+		DefinedSets: sets,
+		Policies: []*api.Policy{
+			{Name: importPolicy, Statements: []*api.Statement{{
+				Name:       importPolicy + "-local",
+				Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+			}}},
+			{Name: exportPolicy, Statements: stmts},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("set bgp policies: %w", err)
+	}
+	return nil
+}
+
+func family(a netip.Addr) *api.Family {
+	if a.Is4() {
+		return &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	}
+	return &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+}
+
+func toAPIPeer(p PeerConfig) *api.Peer {
+	peerASN := p.PeerASN
+	if p.DynamicASN == DynamicASNInternal {
+		// The router must be in our AS: pinning the ASN enforces it.
+		peerASN = p.MyASN
+	}
+	// An ASN of 0 lets the server accept whatever the router announces.
+	families := []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family(p.Address), Enabled: true}}}
+	if p.DualStack {
+		other := netip.IPv6Unspecified()
+		if p.Address.Is6() {
+			other = netip.IPv4Unspecified()
+		}
+		families = append(families, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: family(other), Enabled: true}})
+	}
+	port := uint32(p.Port)
+	if port == 0 {
+		port = bgp.BGP_PORT
+	}
+	ap := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			LocalAsn:        p.MyASN,
+			PeerAsn:         peerASN,
+			AuthPassword:    p.Password,
+			Description:     p.Name,
+		},
+		Transport: &api.Transport{RemotePort: port},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          uint64(effectiveHold(p) / time.Second),
+			KeepaliveInterval: uint64(effectiveKeepalive(p) / time.Second),
+			ConnectRetry:      uint64(p.ConnectTime / time.Second),
+		}},
+		AfiSafis: families,
+	}
+	if p.SourceAddress.IsValid() {
+		ap.Transport.LocalAddress = p.SourceAddress.String()
+	}
+	if p.EBGPMultiHop {
+		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+	}
+	return ap
+}
+
+func (r *router) addPeer(ctx context.Context, p PeerConfig) error {
+	if err := r.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: toAPIPeer(p)}); err != nil {
+		return fmt.Errorf("add bgp neighbour %v: %w", p.Address, err)
+	}
+	return nil
+}
+
+func (r *router) deletePeer(ctx context.Context, p PeerConfig) error {
+	if err := r.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+		return fmt.Errorf("delete bgp neighbour %v: %w", p.Address, err)
+	}
+	return nil
+}
+
+// toAPIPath builds the path with an unspecified next hop, which the server
+// replaces with each session's local address.
+func toAPIPath(pfx netip.Prefix, a advert, withdraw bool) (*api.Path, error) {
+	attrs := []bgp.PathAttributeInterface{
+		bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP),
+		bgp.NewPathAttributeAsPath(nil),
+	}
+	var nlri bgp.AddrPrefixInterface
+	if pfx.Addr().Is4() {
+		nlri = bgp.NewIPAddrPrefix(uint8(pfx.Bits()), pfx.Addr().String())
+		attrs = append(attrs, bgp.NewPathAttributeNextHop("0.0.0.0"))
+	} else {
+		nlri = bgp.NewIPv6AddrPrefix(uint8(pfx.Bits()), pfx.Addr().String())
+		attrs = append(attrs, bgp.NewPathAttributeMpReachNLRI("::", []bgp.AddrPrefixInterface{nlri}))
+	}
+	if a.localPref != 0 {
+		attrs = append(attrs, bgp.NewPathAttributeLocalPref(a.localPref))
+	}
+	if len(a.communities) > 0 {
+		attrs = append(attrs, bgp.NewPathAttributeCommunities(a.communities))
+	}
+	large := make([]*bgp.LargeCommunity, 0, len(a.large)+len(a.markers))
+	for _, c := range a.large {
+		large = append(large, bgp.NewLargeCommunity(c[0], c[1], c[2]))
+	}
+	for _, id := range a.markers {
+		large = append(large, bgp.NewLargeCommunity(markerGlobal, markerLocal, id))
+	}
+	if len(large) > 0 {
+		attrs = append(attrs, bgp.NewPathAttributeLargeCommunities(large))
+	}
+	p, err := apiutil.NewPath(nlri, withdraw, attrs, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("encode path %v: %w", pfx, err)
+	}
+	return p, nil
+}
+
+func (r *router) advertise(ctx context.Context, pfx netip.Prefix, a advert) error {
+	p, err := toAPIPath(pfx, a, false)
+	if err != nil {
+		return err
+	}
+	if _, err := r.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p}); err != nil {
+		return fmt.Errorf("add path: %w", err)
+	}
+	return nil
+}
+
+func (r *router) withdraw(ctx context.Context, pfx netip.Prefix) error {
+	p, err := toAPIPath(pfx, advert{}, true)
+	if err != nil {
+		return err
+	}
+	if err := r.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: p.Family, Path: p}); err != nil {
+		return fmt.Errorf("delete path: %w", err)
+	}
+	return nil
+}
+
+// withdrawAll removes every local path; the server sends the withdrawals.
+func (r *router) withdrawAll(ctx context.Context) error {
+	if err := r.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL}); err != nil {
+		return fmt.Errorf("delete all paths: %w", err)
+	}
+	return nil
+}
+
+func (r *router) sessions(ctx context.Context) (map[netip.Addr]sessionState, error) {
+	out := map[netip.Addr]sessionState{}
+	err := r.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+		if p.State == nil {
+			return
+		}
+		addr, err := netip.ParseAddr(p.State.NeighborAddress)
+		if err != nil {
+			return
+		}
+		st := sessionState{
+			up:    p.State.SessionState == api.PeerState_ESTABLISHED,
+			state: sessionStateName(p.State.SessionState),
+		}
+		for _, af := range p.AfiSafis {
+			if af.State != nil {
+				st.advertised += int(af.State.Advertised)
+			}
+		}
+		out[addr.Unmap()] = st
+	})
+	return out, err
+}
+
+func sessionStateName(s api.PeerState_SessionState) string {
+	switch s {
+	case api.PeerState_IDLE:
+		return "idle"
+	case api.PeerState_CONNECT:
+		return "connect"
+	case api.PeerState_ACTIVE:
+		return "active"
+	case api.PeerState_OPENSENT:
+		return "opensent"
+	case api.PeerState_OPENCONFIRM:
+		return "openconfirm"
+	case api.PeerState_ESTABLISHED:
+		return "established"
+	}
+	return "unknown"
+}
