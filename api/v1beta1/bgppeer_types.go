@@ -24,7 +24,7 @@ import (
 // is a subset of the v1beta2 one, field for field, so the API server stores
 // a v1beta1 object as v1beta2 without a conversion webhook.
 //
-// +kubebuilder:validation:XValidation:rule=`!has(self.keepaliveTime) || !self.keepaliveTime.matches('^(0|([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+)$') || (has(self.holdTime) && !self.holdTime.matches('^(0|([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+)$')) || duration(self.keepaliveTime) <= (has(self.holdTime) ? duration(self.holdTime) : duration('90s'))`,messageExpression=`'keepaliveTime ' + self.keepaliveTime + ' is greater than holdTime ' + (has(self.holdTime) ? self.holdTime : '90s (the default)')`,fieldPath=`.keepaliveTime`
+// +kubebuilder:validation:XValidation:rule=`!has(self.keepaliveTime) || !has(self.holdTime) || !self.keepaliveTime.matches('^(0|([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+)$') || (has(self.holdTime) && !self.holdTime.matches('^(0|([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+)$')) || duration(self.keepaliveTime) <= duration(self.holdTime)`,messageExpression=`'keepaliveTime ' + self.keepaliveTime + ' is greater than holdTime ' + self.holdTime`,fieldPath=`.keepaliveTime`
 type BGPPeerSpec struct {
 	// MyASN is the AS number of the local end of the session.
 	// +required
