@@ -31,6 +31,8 @@ type Options struct {
 	Namespace      string
 	LBClass        string
 	ReconcileBurst int
+	APIQPS         float64
+	APIBurst       int
 	// SkipNameValidation lets tests run several managers in one process.
 	SkipNameValidation bool
 	zap                zap.Options
@@ -44,6 +46,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller through a Lease, so replicas never assign concurrently")
 	fs.StringVar(&o.Namespace, "namespace", defaultNamespace(), "namespace holding the metallb.io configuration (IPAddressPools, advertisements, peers)")
 	fs.StringVar(&o.LBClass, "lb-class", "", "serve only Services with this spec.loadBalancerClass; empty serves Services without a class")
+	fs.Float64Var(&o.APIQPS, "kube-api-qps", 200, "sustained requests per second to the API server (client-go's default of 5 would make a burst of new Services wait minutes)")
+	fs.IntVar(&o.APIBurst, "kube-api-burst", 400, "burst of requests to the API server above --kube-api-qps")
 	fs.IntVar(&o.ReconcileBurst, "service-workers", 4, "Services whose status is written in parallel (allocation itself is serialised)")
 	o.zap.BindFlags(fs)
 }
@@ -83,6 +87,7 @@ func Run(o Options) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	cfg.QPS, cfg.Burst = float32(o.APIQPS), o.APIBurst
 	mgr, err := NewManager(cfg, o)
 	if err != nil {
 		return err

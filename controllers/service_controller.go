@@ -140,44 +140,53 @@ func (r *ServiceReconciler) stopServing(ctx context.Context, svc *corev1.Service
 }
 
 // publish writes the assignment to status.loadBalancer.ingress and the
-// ip-allocated-from-pool annotation, each only when it differs.
+// ip-allocated-from-pool annotation. Both travel in one patch to the status
+// subresource (which for Services accepts metadata too): one API write per
+// assignment, and no moment where one is visible without the other.
 func (r *ServiceReconciler) publish(ctx context.Context, svc *corev1.Service, asg ipam.Assignment) error {
 	want := make([]corev1.LoadBalancerIngress, 0, len(asg.Addresses))
 	vip := corev1.LoadBalancerIPModeVIP
 	for _, a := range asg.Addresses {
 		want = append(want, corev1.LoadBalancerIngress{IP: a.String(), IPMode: &vip})
 	}
-	if !ingressEqual(svc.Status.LoadBalancer.Ingress, want) {
-		orig := svc.DeepCopy()
-		svc.Status.LoadBalancer.Ingress = want
-		if err := r.Status().Patch(ctx, svc, client.MergeFrom(orig)); err != nil {
-			if apierrors.IsNotFound(err) {
-				r.state.release(serviceKey(svc))
-				return nil
-			}
-			return fmt.Errorf("write status of service %s: %w", serviceKey(svc), err)
-		}
+	if ingressEqual(svc.Status.LoadBalancer.Ingress, want) && svc.Annotations[annAllocatedFromPool] == asg.Pool {
+		return nil
 	}
-	return r.publishAnnotation(ctx, svc, asg.Pool)
+	orig := svc.DeepCopy()
+	svc.Status.LoadBalancer.Ingress = want
+	setAllocatedFrom(svc, asg.Pool)
+	if err := r.Status().Patch(ctx, svc, client.MergeFrom(orig)); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.state.release(serviceKey(svc))
+			return nil
+		}
+		return fmt.Errorf("write status of service %s: %w", serviceKey(svc), err)
+	}
+	return nil
 }
 
+// publishAnnotation sets or (pool "") removes only the annotation.
 func (r *ServiceReconciler) publishAnnotation(ctx context.Context, svc *corev1.Service, pool string) error {
 	if svc.Annotations[annAllocatedFromPool] == pool {
 		return nil
 	}
 	orig := svc.DeepCopy()
-	if pool == "" {
-		delete(svc.Annotations, annAllocatedFromPool)
-	} else {
-		if svc.Annotations == nil {
-			svc.Annotations = map[string]string{}
-		}
-		svc.Annotations[annAllocatedFromPool] = pool
-	}
+	setAllocatedFrom(svc, pool)
 	if err := r.Patch(ctx, svc, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("annotate service %s: %w", serviceKey(svc), err)
 	}
 	return nil
+}
+
+func setAllocatedFrom(svc *corev1.Service, pool string) {
+	if pool == "" {
+		delete(svc.Annotations, annAllocatedFromPool)
+		return
+	}
+	if svc.Annotations == nil {
+		svc.Annotations = map[string]string{}
+	}
+	svc.Annotations[annAllocatedFromPool] = pool
 }
 
 func ingressEqual(a, b []corev1.LoadBalancerIngress) bool {

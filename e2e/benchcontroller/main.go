@@ -1,7 +1,8 @@
 // Command benchcontroller measures how long `ironlb controller` takes to give
 // N LoadBalancer Services an address against the real test API server, and
 // compares it with a bare client that makes the same writes (create the
-// Service, write its status, annotate it) with the same parallelism. The
+// Service, then one status patch carrying the address and the
+// ip-allocated-from-pool annotation) with the same parallelism. The
 // last line it prints is
 //
 //	controller-assign n=N seconds=X bare-seconds=Y ratio=R rss-mib=M
@@ -69,12 +70,8 @@ func run(n, workers int) error {
 		orig := s.DeepCopy()
 		vip := corev1.LoadBalancerIPModeVIP
 		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: fmt.Sprintf("172.21.%d.%d", i/256, i%256), IPMode: &vip}}
-		if err := c.Status().Patch(ctx, s, client.MergeFrom(orig)); err != nil {
-			return err
-		}
-		orig = s.DeepCopy()
 		s.Annotations = map[string]string{"metallb.io/ip-allocated-from-pool": "bench"}
-		return c.Patch(ctx, s, client.MergeFrom(orig))
+		return c.Status().Patch(ctx, s, client.MergeFrom(orig))
 	})
 	if err != nil {
 		return fmt.Errorf("bare client: %w", err)
@@ -97,30 +94,45 @@ func run(n, workers int) error {
 	if err := parallel(n, workers, func(i int) error { return c.Create(ctx, service("bench", i)) }); err != nil {
 		return fmt.Errorf("create services: %w", err)
 	}
-	for {
-		var list corev1.ServiceList
-		if err := c.List(ctx, &list, client.InNamespace("bench")); err != nil {
-			return err
-		}
-		done := 0
-		for _, s := range list.Items {
-			if len(s.Status.LoadBalancer.Ingress) == 1 && s.Annotations["metallb.io/ip-allocated-from-pool"] != "" {
-				done++
-			}
-		}
-		if done == n {
-			break
-		}
-		if time.Since(start) > 30*time.Minute {
-			return fmt.Errorf("only %d of %d services assigned after 30 minutes", done, n)
-		}
-		time.Sleep(100 * time.Millisecond) // polling interval of the measurement
+	if err := waitAssigned(ctx, env, n, start); err != nil {
+		return err
 	}
 	took := time.Since(start)
 	rss := peakRSSMiB(cmd.Process.Pid)
 	fmt.Printf("controller-assign n=%d seconds=%.2f bare-seconds=%.2f ratio=%.2f rss-mib=%.1f\n",
 		n, took.Seconds(), bare.Seconds(), took.Seconds()/bare.Seconds(), rss)
 	return nil
+}
+
+// waitAssigned watches the bench namespace until n Services carry an
+// address and the pool annotation. A watch, not a polling list: listing
+// thousands of Services in a loop would load the API server being measured.
+func waitAssigned(ctx context.Context, env *controlplane.Env, n int, start time.Time) error {
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	w, err := wc.Watch(ctx, &corev1.ServiceList{}, client.InNamespace("bench"))
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	done := map[string]bool{}
+	for ev := range w.ResultChan() {
+		s, ok := ev.Object.(*corev1.Service)
+		if !ok {
+			continue
+		}
+		if len(s.Status.LoadBalancer.Ingress) == 1 && s.Annotations["metallb.io/ip-allocated-from-pool"] != "" {
+			done[s.Name] = true
+		}
+		if len(done) == n {
+			return nil
+		}
+	}
+	return fmt.Errorf("only %d of %d services assigned after %v", len(done), n, time.Since(start).Round(time.Second))
 }
 
 func service(namespace string, i int) *corev1.Service {
