@@ -42,7 +42,7 @@ unit:
 
 ## e2e: the namespace-lab scenarios (root required)
 e2e:
-	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 20m -v ./e2e/...
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -p 1 -count=1 -timeout 30m -v ./e2e/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,297 @@
+package membership
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/hashicorp/memberlist"
+)
+
+// Sentinel errors.
+var (
+	// ErrInvalidConfig is wrapped by New for a configuration it rejects.
+	ErrInvalidConfig = errors.New("invalid membership config")
+	// ErrAlreadyStarted is returned by a second Start.
+	ErrAlreadyStarted = errors.New("membership already started")
+)
+
+// DefaultPort is the port speakers use for memberlist traffic, TCP and UDP.
+const DefaultPort = 7946
+
+// Config configures a member. Zero durations and multipliers take the
+// defaults documented in the package comment.
+type Config struct {
+	// NodeName is this member's name; it must be unique in the cluster and
+	// is what Alive reports (the Kubernetes node name).
+	NodeName string
+	// BindAddr is the node address memberlist binds to and advertises.
+	BindAddr netip.Addr
+	// Port for TCP and UDP; 0 picks a free port (tests), the speaker uses
+	// DefaultPort.
+	Port int
+	// SecretKey is the raw value of the `secretkey` entry of the memberlist
+	// Secret. The encryption key is its SHA-256, so any length works. Empty
+	// disables encryption, which is only for tests.
+	SecretKey []byte
+	// Peers are joined when Start runs (host or host:port).
+	Peers []string
+
+	ProbeInterval           time.Duration
+	ProbeTimeout            time.Duration
+	IndirectChecks          int
+	SuspicionMult           int
+	SuspicionMaxTimeoutMult int
+	GossipInterval          time.Duration
+	// PushPullInterval is how often full state is exchanged with one random
+	// peer (default 10 s).
+	PushPullInterval time.Duration
+	// TCPTimeout bounds joins and TCP fallback probes (default 2 s).
+	TCPTimeout time.Duration
+	// LeaveTimeout bounds how long a clean stop waits for its leave message
+	// to go out (default 1 s).
+	LeaveTimeout time.Duration
+
+	Logger logr.Logger
+}
+
+// Tuned defaults, explained in the package comment.
+const (
+	defaultProbeInterval           = 100 * time.Millisecond
+	defaultProbeTimeout            = 50 * time.Millisecond
+	defaultIndirectChecks          = 2
+	defaultSuspicionMult           = 2
+	defaultSuspicionMaxTimeoutMult = 2
+	defaultGossipInterval          = 50 * time.Millisecond
+	defaultPushPullInterval        = 10 * time.Second
+	defaultTCPTimeout              = 2 * time.Second
+	defaultLeaveTimeout            = time.Second
+)
+
+// DeriveKey turns the Secret's value into memberlist's 32-byte AES-256 key,
+// the same derivation MetalLB speakers use, so a shared Secret works for
+// both.
+func DeriveKey(secret []byte) []byte {
+	sum := sha256.Sum256(secret)
+	return sum[:]
+}
+
+// Members is this speaker's view of which speakers are alive.
+type Members struct {
+	cfg     Config
+	log     logr.Logger
+	changes chan struct{}
+
+	mu      sync.Mutex
+	ml      *memberlist.Memberlist
+	started bool
+	pending []string // joins requested before Start
+
+	// crashOnStop makes Start shut down without leaving, as a killed
+	// process would; tests use it to exercise failure detection.
+	crashOnStop bool
+}
+
+// New validates cfg. It starts nothing: Start does.
+func New(cfg Config) (*Members, error) {
+	if cfg.NodeName == "" {
+		return nil, fmt.Errorf("%w: empty node name", ErrInvalidConfig)
+	}
+	if !cfg.BindAddr.IsValid() || cfg.BindAddr.IsUnspecified() {
+		return nil, fmt.Errorf("%w: bind address %v must be the node's address", ErrInvalidConfig, cfg.BindAddr)
+	}
+	if cfg.Port < 0 || cfg.Port > 65535 {
+		return nil, fmt.Errorf("%w: port %d out of range", ErrInvalidConfig, cfg.Port)
+	}
+	setDefault(&cfg.ProbeInterval, defaultProbeInterval)
+	setDefault(&cfg.ProbeTimeout, defaultProbeTimeout)
+	setDefault(&cfg.IndirectChecks, defaultIndirectChecks)
+	setDefault(&cfg.SuspicionMult, defaultSuspicionMult)
+	setDefault(&cfg.SuspicionMaxTimeoutMult, defaultSuspicionMaxTimeoutMult)
+	setDefault(&cfg.GossipInterval, defaultGossipInterval)
+	setDefault(&cfg.PushPullInterval, defaultPushPullInterval)
+	setDefault(&cfg.TCPTimeout, defaultTCPTimeout)
+	setDefault(&cfg.LeaveTimeout, defaultLeaveTimeout)
+	if cfg.ProbeTimeout >= cfg.ProbeInterval {
+		return nil, fmt.Errorf("%w: probe timeout %v must be shorter than probe interval %v",
+			ErrInvalidConfig, cfg.ProbeTimeout, cfg.ProbeInterval)
+	}
+	if cfg.Logger.GetSink() == nil {
+		cfg.Logger = logr.Discard()
+	}
+	return &Members{
+		cfg:     cfg,
+		log:     cfg.Logger.WithValues("node", cfg.NodeName),
+		changes: make(chan struct{}, 1),
+	}, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// Start creates the memberlist, joins Config.Peers and anything passed to
+// Join earlier, and runs until ctx ends. It then leaves the cluster, so the
+// others take over this node's addresses at once, and shuts down.
+func (m *Members) Start(ctx context.Context) error {
+	m.mu.Lock()
+	if m.started {
+		m.mu.Unlock()
+		return ErrAlreadyStarted
+	}
+	m.started = true
+	m.mu.Unlock()
+
+	ml, err := memberlist.Create(m.memberlistConfig())
+	if err != nil {
+		return fmt.Errorf("create memberlist on %s: %w",
+			netip.AddrPortFrom(m.cfg.BindAddr, uint16(m.cfg.Port)), err)
+	}
+	m.mu.Lock()
+	m.ml = ml
+	peers := append(slices.Clone(m.cfg.Peers), m.pending...)
+	m.pending = nil
+	m.mu.Unlock()
+	m.notify()
+
+	if len(peers) > 0 {
+		if n, err := ml.Join(peers); err != nil {
+			// The first speaker has nobody to join; later Join calls from
+			// peer discovery retry.
+			m.log.Info("could not join peers", "peers", peers, "joined", n, "error", err.Error())
+		}
+	}
+
+	<-ctx.Done()
+	m.mu.Lock()
+	crash := m.crashOnStop
+	m.mu.Unlock()
+	if crash {
+		return ml.Shutdown()
+	}
+	if err := ml.Leave(m.cfg.LeaveTimeout); err != nil {
+		m.log.Info("leave did not reach peers, they will detect the failure instead", "error", err.Error())
+	}
+	if err := ml.Shutdown(); err != nil {
+		return fmt.Errorf("shut down memberlist: %w", err)
+	}
+	return nil
+}
+
+// Join contacts the given peers (host or host:port, default port the
+// configured one) and merges their view. Called before Start, the peers are
+// joined when Start runs. It returns how many peers answered; joining a
+// member already known is harmless.
+func (m *Members) Join(peers []string) (int, error) {
+	m.mu.Lock()
+	ml := m.ml
+	if ml == nil {
+		m.pending = append(m.pending, peers...)
+		m.mu.Unlock()
+		return 0, nil
+	}
+	m.mu.Unlock()
+	n, err := ml.Join(peers)
+	if err != nil {
+		return n, fmt.Errorf("join %v: %w", peers, err)
+	}
+	return n, nil
+}
+
+// Alive returns the sorted names of the members not known to be dead or
+// gone, this one included. Suspected members still count: a suspect that is
+// merely slow refutes within the suspicion timeout, and counting it out would
+// move its addresses back and forth. Before Start it returns nil.
+func (m *Members) Alive() []string {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	if ml == nil {
+		return nil
+	}
+	nodes := ml.Members()
+	names := make([]string, 0, len(nodes))
+	for _, n := range nodes {
+		names = append(names, n.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// LocalAddr is the address and port memberlist listens on, valid once
+// Start has created it (useful with Port 0).
+func (m *Members) LocalAddr() (netip.AddrPort, bool) {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	if ml == nil {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(ml.LocalNode().FullAddress().Addr)
+	return ap, err == nil
+}
+
+// Changes receives a value after membership changed (a member joined, left,
+// died or was updated). Notifications coalesce: one value may stand for
+// several changes, so the receiver reads Alive afresh.
+func (m *Members) Changes() <-chan struct{} { return m.changes }
+
+func (m *Members) notify() {
+	select {
+	case m.changes <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Members) memberlistConfig() *memberlist.Config {
+	c := memberlist.DefaultLANConfig()
+	c.Name = m.cfg.NodeName
+	c.BindAddr = m.cfg.BindAddr.String()
+	c.BindPort = m.cfg.Port
+	c.AdvertiseAddr = m.cfg.BindAddr.String()
+	c.AdvertisePort = m.cfg.Port
+	c.ProbeInterval = m.cfg.ProbeInterval
+	c.ProbeTimeout = m.cfg.ProbeTimeout
+	c.IndirectChecks = m.cfg.IndirectChecks
+	c.SuspicionMult = m.cfg.SuspicionMult
+	c.SuspicionMaxTimeoutMult = m.cfg.SuspicionMaxTimeoutMult
+	c.GossipInterval = m.cfg.GossipInterval
+	c.PushPullInterval = m.cfg.PushPullInterval
+	c.TCPTimeout = m.cfg.TCPTimeout
+	c.Events = events{m}
+	c.Logger = newStdLogger(m.cfg.Logger)
+	c.LogOutput = nil
+	if len(m.cfg.SecretKey) > 0 {
+		c.SecretKey = DeriveKey(m.cfg.SecretKey)
+		c.GossipVerifyIncoming = true
+		c.GossipVerifyOutgoing = true
+	}
+	return c
+}
+
+// events forwards memberlist's callbacks, which run under its locks, as
+// non-blocking notifications.
+type events struct{ m *Members }
+
+func (e events) NotifyJoin(*memberlist.Node)   { e.m.notify() }
+func (e events) NotifyLeave(*memberlist.Node)  { e.m.notify() }
+func (e events) NotifyUpdate(*memberlist.Node) { e.m.notify() }
+
+// GoString keeps the secret out of %#v.
+func (c Config) GoString() string { return c.String() }
+
+// String keeps the secret out of anything that prints a Config.
+func (c Config) String() string {
+	return "membership.Config{NodeName: " + strconv.Quote(c.NodeName) +
+		", BindAddr: " + c.BindAddr.String() + ", Port: " + strconv.Itoa(c.Port) + "}"
+}
