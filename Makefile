@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
 # cached outside the repository; the script prints its directory last.
 ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
 
-.PHONY: all build generate deploy-manifest manifests envtest-assets test unit e2e lint bench bench-controller demo demo-keep clean
+.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller demo demo-keep clean
 
 all: build
 
@@ -36,6 +36,12 @@ envtest-assets:
 ## not root.
 test: lint
 	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 40m ./...
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-vm; else echo "skipping the IPVS VM tests: they need root (apt-get, qemu)"; fi
+
+## test-vm: the forwarder's IPVS tests inside Debian's kernel under qemu
+## (this machine's kernel has no IPVS)
+test-vm:
+	bash hack/ipvs-vm.sh
 
 unit:
 	$(GO) test ./internal/... ./speaker/...
