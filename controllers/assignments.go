@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -205,14 +204,7 @@ func (a *assignments) release(key string) {
 	}
 }
 
-// holders names the Services holding addr, for messages.
-func (a *assignments) holders(addr netip.Addr) []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.alloc.Holders(addr)
-}
-
-// poolStatus returns the counts to publish for a pool, clamped to the API's
+// poolCounts returns the counts to publish for a pool, clamped to the API's
 // int64 fields (an IPv6 /64 holds more than that).
 func (a *assignments) poolCounts(name string) (assigned4, assigned6, avail4, avail6 int64, ok bool) {
 	a.mu.Lock()

@@ -9,7 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,7 +35,7 @@ const (
 // named "controller" and in Events on the objects at fault.
 type ConfigReconciler struct {
 	client.Client
-	Recorder  events.EventRecorder
+	Recorder  record.EventRecorder
 	Namespace string
 	LBClass   string
 
@@ -96,7 +96,7 @@ func (r *ConfigReconciler) tellProblems(res policy.Resources, problems []policy.
 			continue
 		}
 		if obj, ok := objects[p.Kind+"/"+p.Namespace+"/"+p.Name]; ok {
-			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, ReasonInvalidConfig, "Resolve", "%s", p.Message)
+			r.Recorder.Eventf(obj, corev1.EventTypeWarning, ReasonInvalidConfig, "%s", p.Message)
 		}
 	}
 	r.reported = now

@@ -8,7 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -29,7 +29,7 @@ const (
 // ServiceReconciler gives LoadBalancer Services their external addresses.
 type ServiceReconciler struct {
 	client.Client
-	Recorder events.EventRecorder
+	Recorder record.EventRecorder
 	LBClass  string
 	Workers  int
 
@@ -99,7 +99,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	w, err := requestFor(svc)
 	if err != nil {
 		r.state.release(key)
-		r.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, ReasonAllocationFailed, "Allocate", "Failed to allocate IP for %q: %v", key, err)
+		r.Recorder.Eventf(svc, corev1.EventTypeWarning, ReasonAllocationFailed, "Failed to allocate IP for %q: %v", key, err)
 		return reconcile.Result{}, r.publish(ctx, svc, ipam.Assignment{})
 	}
 	var ns corev1.Namespace
@@ -109,9 +109,9 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	out := r.state.allocate(w, svc.Namespace, ns.Labels, svc.Labels)
 	before := ingressAddrs(svc)
 	if out.err != nil {
-		r.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, ReasonAllocationFailed, "Allocate", "Failed to allocate IP for %q: %v", key, out.err)
+		r.Recorder.Eventf(svc, corev1.EventTypeWarning, ReasonAllocationFailed, "Failed to allocate IP for %q: %v", key, out.err)
 		if len(before) > 0 {
-			r.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, ReasonIPReleased, "Release", "Released %s: it no longer satisfies the service", addrList(before))
+			r.Recorder.Eventf(svc, corev1.EventTypeWarning, ReasonIPReleased, "Released %s: it no longer satisfies the service", addrList(before))
 		}
 		return reconcile.Result{}, r.publish(ctx, svc, ipam.Assignment{})
 	}
@@ -120,9 +120,9 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}
 	switch {
 	case len(before) == 0:
-		r.Recorder.Eventf(svc, nil, corev1.EventTypeNormal, ReasonIPAllocated, "Allocate", "Assigned IP %s from pool %q", addrList(out.assignment.Addresses), out.assignment.Pool)
+		r.Recorder.Eventf(svc, corev1.EventTypeNormal, ReasonIPAllocated, "Assigned IP %s from pool %q", addrList(out.assignment.Addresses), out.assignment.Pool)
 	case !sameAddrs(before, out.assignment.Addresses):
-		r.Recorder.Eventf(svc, nil, corev1.EventTypeWarning, ReasonIPChanged, "Allocate", "Moved from %s to %s (pool %q): the old address is outside the service's pools or no longer matches its request", addrList(before), addrList(out.assignment.Addresses), out.assignment.Pool)
+		r.Recorder.Eventf(svc, corev1.EventTypeWarning, ReasonIPChanged, "Moved from %s to %s (pool %q): the old address is outside the service's pools or no longer matches its request", addrList(before), addrList(out.assignment.Addresses), out.assignment.Pool)
 	}
 	return reconcile.Result{}, nil
 }

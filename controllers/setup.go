@@ -27,7 +27,10 @@ const eventSource = "ironlb-controller"
 func Setup(mgr ctrl.Manager, o Options) error {
 	state := newAssignments(o.Namespace, o.LBClass)
 	services := &trigger{}
-	recorder := mgr.GetEventRecorder(eventSource)
+	recorder, err := newRecorder(mgr, eventSource)
+	if err != nil {
+		return err
+	}
 	if err := (&ConfigReconciler{Client: mgr.GetClient(), Recorder: recorder, Namespace: o.Namespace, LBClass: o.LBClass, state: state, services: services}).SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -164,19 +163,19 @@ func waitIngress(t *testing.T, env *controlplane.Env, namespace, name string, wa
 func waitEvent(t *testing.T, env *controlplane.Env, namespace, name, reason string, fragments ...string) {
 	t.Helper()
 	eventually(t, 30*time.Second, func() string {
-		var evs eventsv1.EventList
+		var evs corev1.EventList
 		if err := env.Client.List(context.Background(), &evs, client.InNamespace(namespace)); err != nil {
 			return err.Error()
 		}
 		var seen []string
 		for _, e := range evs.Items {
-			if e.Regarding.Name != name || e.Reason != reason {
+			if e.InvolvedObject.Name != name || e.Reason != reason {
 				continue
 			}
-			seen = append(seen, e.Note)
+			seen = append(seen, e.Message)
 			ok := true
 			for _, f := range fragments {
-				ok = ok && strings.Contains(e.Note, f)
+				ok = ok && strings.Contains(e.Message, f)
 			}
 			if ok {
 				return ""
