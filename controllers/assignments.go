@@ -32,6 +32,13 @@ type assignments struct {
 
 	// poolStatus is told which pools' counts changed.
 	poolStatus *trigger
+	// waiting holds the Services whose last allocation failed. They are
+	// retried whenever an address is freed, as it may be the one they wait
+	// for; otherwise a Service pending on a full pool would stay pending
+	// after a deletion until something touched it.
+	waiting map[string]bool
+	// retry is told which Services to reconcile again; nil retries nothing.
+	retry *trigger
 }
 
 func newAssignments(namespace, lbClass string) *assignments {
@@ -40,6 +47,7 @@ func newAssignments(namespace, lbClass string) *assignments {
 		lbClass:    lbClass,
 		alloc:      ipam.New(),
 		poolStatus: &trigger{},
+		waiting:    map[string]bool{},
 	}
 }
 
@@ -149,6 +157,16 @@ func (a *assignments) allocate(w wantedRequest, ns string, nsLabels, svcLabels m
 	} else {
 		out.held = true
 	}
+	if hadBefore && (!out.held || !sameAddrs(before.Addresses, out.assignment.Addresses)) {
+		a.retryWaitingLocked()
+	}
+	// After the retry: a Service that just lost its address must not be
+	// retried for its own loss.
+	if out.held {
+		delete(a.waiting, w.Service)
+	} else {
+		a.waiting[w.Service] = true
+	}
 	if hadBefore {
 		a.touchPoolLocked(before.Pool)
 	}
@@ -194,14 +212,32 @@ func (a *assignments) candidatesLocked(w wantedRequest, ns string, nsLabels, svc
 	return names, nil
 }
 
-// release frees whatever the Service holds.
-func (a *assignments) release(key string) {
+// release frees whatever the Service holds and reports whether it held
+// anything.
+func (a *assignments) release(key string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if before, ok := a.alloc.Assigned(key); ok {
+	delete(a.waiting, key)
+	before, ok := a.alloc.Assigned(key)
+	if ok {
 		a.alloc.Release(key)
 		a.touchPoolLocked(before.Pool)
+		a.retryWaitingLocked()
 	}
+	return ok
+}
+
+// retryWaitingLocked re-enqueues the Services waiting for an address.
+func (a *assignments) retryWaitingLocked() {
+	if a.retry == nil || len(a.waiting) == 0 {
+		return
+	}
+	reqs := make([]reconcile.Request, 0, len(a.waiting))
+	for key := range a.waiting {
+		namespace, name, _ := strings.Cut(key, "/")
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}})
+	}
+	a.retry.Add(reqs...)
 }
 
 // poolCounts returns the counts to publish for a pool, clamped to the API's

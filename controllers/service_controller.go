@@ -130,10 +130,16 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req reconcile.Request
 // stopServing releases a Service that is no longer ours. Its published
 // addresses are cleared unless another load-balancer class now owns it.
 func (r *ServiceReconciler) stopServing(ctx context.Context, svc *corev1.Service) error {
-	r.state.release(serviceKey(svc))
+	held := r.state.release(serviceKey(svc))
 	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 		// Another class's controller owns the status now; only our
-		// annotation is ours to remove.
+		// annotation is ours to remove, and only if we held the Service:
+		// otherwise the annotation may be that controller's (another
+		// ironlb with another --lb-class), and removing it would start a
+		// write war with it.
+		if !held {
+			return nil
+		}
 		return r.publishAnnotation(ctx, svc, "")
 	}
 	return r.publish(ctx, svc, ipam.Assignment{})

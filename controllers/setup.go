@@ -27,6 +27,7 @@ const eventSource = "ironlb-controller"
 func Setup(mgr ctrl.Manager, o Options) error {
 	state := newAssignments(o.Namespace, o.LBClass)
 	services := &trigger{}
+	state.retry = services
 	recorder, err := newRecorder(mgr, eventSource)
 	if err != nil {
 		return err

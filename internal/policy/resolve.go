@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -92,8 +93,12 @@ func Resolve(r Resources) (Config, []Problem) {
 	return cfg, ps
 }
 
-// byAge returns pointers to items, oldest first: by creationTimestamp, then
-// name, then namespace. Conflicts are settled in this order.
+// byAge returns pointers to items, the longest-settled first: by the time of
+// the last change to the object itself (its metadata.managedFields, status
+// writes excluded; creationTimestamp where there are none), then
+// creationTimestamp, name and namespace. Conflicts are settled in this
+// order, so the object whose latest change introduced a conflict is the one
+// left out, whether it is new or an old object edited.
 func byAge[T any, PT interface {
 	*T
 	metav1.Object
@@ -103,6 +108,9 @@ func byAge[T any, PT interface {
 		out[i] = PT(&items[i])
 	}
 	slices.SortStableFunc(out, func(a, b PT) int {
+		if c := lastChange(a).Compare(lastChange(b)); c != 0 {
+			return c
+		}
 		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
 		if c := ta.Time.Compare(tb.Time); c != 0 {
 			return c
@@ -113,6 +121,17 @@ func byAge[T any, PT interface {
 		return cmp.Compare(a.GetNamespace(), b.GetNamespace())
 	})
 	return out
+}
+
+// lastChange is when the object, not its status, was last written.
+func lastChange(o metav1.Object) time.Time {
+	last := o.GetCreationTimestamp().Time
+	for _, f := range o.GetManagedFields() {
+		if f.Subresource == "" && f.Time != nil && f.Time.After(last) {
+			last = f.Time.Time
+		}
+	}
+	return last
 }
 
 func refOf(kind string, o metav1.Object) ref {

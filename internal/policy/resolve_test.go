@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -830,4 +831,24 @@ func shuffled[T any](rng *rand.Rand, in []T) []T {
 	out := slices.Clone(in)
 	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	return out
+}
+
+// An old pool edited to overlap a newer one is the object that introduced
+// the conflict: it is left out, and the newer pool (with its Services)
+// stays. Status writes do not count as edits.
+func TestEditedPoolIntroducesOverlap(t *testing.T) {
+	edited := func(p v1beta1.IPAddressPool, minutes int, subresource string) v1beta1.IPAddressPool {
+		at := metav1.NewTime(t0.Add(time.Duration(minutes) * time.Minute))
+		p.ManagedFields = append(p.ManagedFields, metav1.ManagedFieldsEntry{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationUpdate, Time: &at, Subresource: subresource})
+		return p
+	}
+	old := edited(pool("old", 0, "10.0.0.0/23"), 30, "")
+	newer := edited(pool("newer", 10, "10.0.1.0/24"), 40, "status")
+	cfg, ps := Resolve(Resources{Pools: []v1beta1.IPAddressPool{newer, old}})
+	if _, ok := cfg.Pools["newer"]; !ok || len(cfg.Pools) != 1 {
+		t.Fatalf("Resolve kept pools %v, want only newer", slices.Sorted(maps.Keys(cfg.Pools)))
+	}
+	if len(ps) != 1 || ps[0].Name != "old" || !errors.Is(ps[0], ErrOverlap) {
+		t.Fatalf("problems = %v, want one overlap naming old", ps)
+	}
 }
