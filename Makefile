@@ -21,6 +21,7 @@ generate:
 	$(GO) tool controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
 	$(GO) tool controller-gen crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(GO) tool controller-gen rbac:roleName=ironlb-controller paths=./controllers/... output:rbac:artifacts:config=config/rbac
+	$(GO) tool controller-gen rbac:roleName=ironlb-speaker paths=./speaker/ output:rbac:artifacts:config=config/rbac/speaker
 
 ## deploy-manifest: render config/default into deploy/ironlb.yaml
 deploy-manifest:

@@ -63,7 +63,7 @@ func (a *assignments) restore(ctx context.Context, c client.Reader) error {
 		return nil
 	}
 	log := ctrl.LoggerFrom(ctx)
-	res, err := loadResources(ctx, c, a.namespace)
+	res, err := LoadResources(ctx, c, a.namespace, true)
 	if err != nil {
 		return fmt.Errorf("restore assignments: %w", err)
 	}

@@ -13,10 +13,11 @@ import (
 	"github.com/ironlb/ironlb/internal/policy"
 )
 
-// loadResources reads every input of policy.Resolve: the metallb.io objects
-// and Secrets of the configuration namespace, and all Namespaces (for
-// namespace selectors).
-func loadResources(ctx context.Context, c client.Reader, namespace string) (policy.Resources, error) {
+// LoadResources reads every input of policy.Resolve: the metallb.io objects
+// and Secrets of the configuration namespace and, with withNamespaces, all
+// Namespaces (the controller needs them for pools' namespace selectors; the
+// speaker does not).
+func LoadResources(ctx context.Context, c client.Reader, namespace string, withNamespaces bool) (policy.Resources, error) {
 	var (
 		r          policy.Resources
 		pools      v1beta1.IPAddressPoolList
@@ -37,6 +38,9 @@ func loadResources(ctx context.Context, c client.Reader, namespace string) (poli
 		{&comms, []client.ListOption{in}}, {&bfd, []client.ListOption{in}}, {&peers, []client.ListOption{in}},
 		{&secrets, []client.ListOption{in}}, {&namespaces, nil},
 	} {
+		if l.list == &namespaces && !withNamespaces {
+			continue
+		}
 		if err := c.List(ctx, l.list, l.opts...); err != nil {
 			return r, fmt.Errorf("list %T: %w", l.list, err)
 		}

@@ -68,7 +68,7 @@ func (r *ConfigReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // Reconcile resolves the configuration.
 func (r *ConfigReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
-	res, err := loadResources(ctx, r.Client, r.Namespace)
+	res, err := LoadResources(ctx, r.Client, r.Namespace, true)
 	if err != nil {
 		return reconcile.Result{}, err
 	}

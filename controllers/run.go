@@ -44,7 +44,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":7472", "address the Prometheus metrics endpoint binds to; 0 disables it")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz probes bind to; 0 disables them")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller through a Lease, so replicas never assign concurrently")
-	fs.StringVar(&o.Namespace, "namespace", defaultNamespace(), "namespace holding the metallb.io configuration (IPAddressPools, advertisements, peers)")
+	fs.StringVar(&o.Namespace, "namespace", DefaultNamespace(), "namespace holding the metallb.io configuration (IPAddressPools, advertisements, peers)")
 	fs.StringVar(&o.LBClass, "lb-class", "", "serve only Services with this spec.loadBalancerClass; empty serves Services without a class")
 	fs.Float64Var(&o.APIQPS, "kube-api-qps", 200, "sustained requests per second to the API server (client-go's default of 5 would make a burst of new Services wait minutes)")
 	fs.IntVar(&o.APIBurst, "kube-api-burst", 400, "burst of requests to the API server above --kube-api-qps")
@@ -52,7 +52,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	o.zap.BindFlags(fs)
 }
 
-func defaultNamespace() string {
+func DefaultNamespace() string {
 	for _, env := range []string{"METALLB_NAMESPACE", "POD_NAMESPACE"} {
 		if ns := os.Getenv(env); ns != "" {
 			return ns
@@ -72,8 +72,8 @@ func NewScheme() *runtime.Scheme {
 	return s
 }
 
-// restConfig honours --kubeconfig, then KUBECONFIG and in-cluster config.
-func restConfig(path string) (*rest.Config, error) {
+// RESTConfig honours --kubeconfig, then KUBECONFIG and in-cluster config.
+func RESTConfig(path string) (*rest.Config, error) {
 	if path != "" {
 		return clientcmd.BuildConfigFromFlags("", path)
 	}
@@ -83,7 +83,7 @@ func restConfig(path string) (*rest.Config, error) {
 // Run starts the controller manager and blocks until SIGTERM or SIGINT.
 func Run(o Options) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zap)))
-	cfg, err := restConfig(o.Kubeconfig)
+	cfg, err := RESTConfig(o.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}

@@ -438,3 +438,29 @@ func TestGracefulRestartIsFixed(t *testing.T) {
 		}
 	}
 }
+
+// The rendered installation manifest is accepted by the API server as it
+// stands (server-side dry run: schemas, RBAC rules, workloads), and is what
+// config/default renders, so the two never drift apart.
+func TestDeployManifestApplies(t *testing.T) {
+	k := startCluster(t)
+	root, err := controlplane.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rendered, err := k.Kubectl("kustomize", filepath.Join(root, "config", "default"))
+	if err != nil {
+		t.Fatalf("kubectl kustomize config/default: %v", err)
+	}
+	committed, err := os.ReadFile(filepath.Join(root, "deploy", "ironlb.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rendered != string(committed) {
+		t.Errorf("deploy/ironlb.yaml differs from config/default: run `make deploy-manifest`")
+	}
+	k.namespace(t, "metallb-system") // a dry run creates nothing to put the rest in
+	if out, err := k.Kubectl("apply", "--dry-run=server", "-f", filepath.Join(root, "deploy", "ironlb.yaml")); err != nil {
+		t.Fatalf("kubectl apply --dry-run=server -f deploy/ironlb.yaml: %v\n%s", err, out)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,7 +92,14 @@ func StartWith(opts Options) (*Env, error) {
 	}
 	apiserver := env.ControlPlane.GetAPIServer()
 	if opts.BindAddress != "" {
+		// Both address and port: envtest replaces a lone address with
+		// loopback when it picks the port itself.
+		port, err := freePort(opts.BindAddress)
+		if err != nil {
+			return nil, err
+		}
 		apiserver.SecureServing.Address = opts.BindAddress
+		apiserver.SecureServing.Port = port
 	}
 	// Dual-stack Service ranges, so Services can ask for both families as
 	// they do on dual-stack clusters. Private ranges that never leave the
@@ -160,6 +168,17 @@ func (e *Env) KubectlInput(stdin []byte, args ...string) (string, error) {
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// freePort asks the kernel for a TCP port free on addr.
+func freePort(addr string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return "", fmt.Errorf("find a free port on %s: %w", addr, err)
+	}
+	defer l.Close()
+	_, port, err := net.SplitHostPort(l.Addr().String())
+	return port, err
 }
 
 // AssetsDir finds the control-plane binaries: KUBEBUILDER_ASSETS, or the

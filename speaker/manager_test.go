@@ -1,0 +1,288 @@
+package speaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ironlb/ironlb/api/v1beta1"
+	"github.com/ironlb/ironlb/e2e/controlplane"
+)
+
+// fakeAnnouncer keeps what the speaker last asked to announce.
+type fakeAnnouncer struct {
+	mu    sync.Mutex
+	last  []Announcement
+	syncs int
+}
+
+func (f *fakeAnnouncer) Sync(_ context.Context, as []Announcement) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = slices.Clone(as)
+	f.syncs++
+	return nil
+}
+
+func (f *fakeAnnouncer) announced() ([]Announcement, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.last), f.syncs
+}
+
+// fakeMembers is a memberlist view the test sets.
+type fakeMembers struct {
+	mu      sync.Mutex
+	alive   []string
+	changes chan struct{}
+}
+
+func newFakeMembers(alive ...string) *fakeMembers {
+	return &fakeMembers{alive: alive, changes: make(chan struct{}, 1)}
+}
+
+func (f *fakeMembers) Alive() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.alive)
+}
+
+func (f *fakeMembers) Changes() <-chan struct{} { return f.changes }
+
+func (f *fakeMembers) Join([]string) (int, error) { return 0, nil }
+
+func (f *fakeMembers) set(alive ...string) {
+	f.mu.Lock()
+	f.alive = alive
+	f.mu.Unlock()
+	select {
+	case f.changes <- struct{}{}:
+	default:
+	}
+}
+
+// speakerUnderTest is one in-process speaker manager.
+type speakerUnderTest struct {
+	node      string
+	announcer *fakeAnnouncer
+	members   *fakeMembers
+}
+
+func startSpeaker(t *testing.T, env *controlplane.Env, node string, alive ...string) *speakerUnderTest {
+	t.Helper()
+	s := &speakerUnderTest{node: node, announcer: &fakeAnnouncer{}, members: newFakeMembers(alive...)}
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := NewManager(ctx, env.Config, Options{NodeName: node, MetricsAddr: "0", ProbeAddr: "0"}, Deps{Announcer: s.announcer, Members: s.members, SharedProcess: true})
+	if err != nil {
+		cancel()
+		t.Fatalf("NewManager(%s): %v", node, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("speaker %s: %v", node, err)
+		}
+	})
+	return s
+}
+
+// eventually polls check until it returns "" or the deadline passes, then
+// fails with the last complaint.
+func eventually(t *testing.T, what string, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *speakerUnderTest) wantAnnounced(t *testing.T, want []Announcement) {
+	t.Helper()
+	eventually(t, s.node+" announces", func() string {
+		got, syncs := s.announcer.announced()
+		if syncs == 0 {
+			return "no Sync yet"
+		}
+		return cmp.Diff(want, got, cmpopts.EquateEmpty(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }))
+	})
+}
+
+// l2status is what a user sees of a ServiceL2Status.
+type l2status struct {
+	Labels map[string]string
+	Status v1beta1.ServiceL2StatusStatus
+}
+
+func statuses(t *testing.T, c client.Client) []l2status {
+	t.Helper()
+	var list v1beta1.ServiceL2StatusList
+	if err := c.List(context.Background(), &list, client.InNamespace("metallb-system")); err != nil {
+		t.Fatalf("list ServiceL2Status: %v", err)
+	}
+	var out []l2status
+	for _, st := range list.Items {
+		out = append(out, l2status{Labels: st.Labels, Status: st.Status})
+	}
+	return out
+}
+
+func wantStatus(node string, ifaces ...string) l2status {
+	st := l2status{
+		Labels: map[string]string{LabelNode: node, LabelServiceName: "web", LabelServiceNamespace: "default"},
+		Status: v1beta1.ServiceL2StatusStatus{Node: node, ServiceName: "web", ServiceNamespace: "default"},
+	}
+	for _, i := range ifaces {
+		st.Status.Interfaces = append(st.Status.Interfaces, v1beta1.InterfaceInfo{Name: i})
+	}
+	return st
+}
+
+func mustCreate(t *testing.T, c client.Client, objs ...client.Object) {
+	t.Helper()
+	for _, o := range objs {
+		if err := c.Create(context.Background(), o); err != nil {
+			t.Fatalf("create %T %s: %v", o, o.GetName(), err)
+		}
+	}
+}
+
+// TestSpeakerAnnouncesAndWithdraws runs two speakers against a real API
+// server, each with the same memberlist view: the election winner announces
+// a Service once it has an address and a ready endpoint, reports it through
+// ServiceL2Status and an Event, withdraws when the endpoints go, and the
+// other node takes over when the winner leaves memberlist.
+func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
+	env := controlplane.Start(t)
+	c := env.Client
+	ctx := context.Background()
+
+	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "metallb-system"}})
+	for _, n := range []string{"n1", "n2"} {
+		mustCreate(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{"kubernetes.io/hostname": n}}})
+	}
+	mustCreate(t, c,
+		&v1beta1.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "lab"},
+			Spec: v1beta1.IPAddressPoolSpec{Addresses: []string{"172.25.254.50-172.25.254.59"}}},
+		&v1beta1.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Namespace: "metallb-system", Name: "l2"},
+			Spec: v1beta1.L2AdvertisementSpec{IPAddressPools: []string{"lab"}, Interfaces: []string{"eth0"}}},
+	)
+
+	const addr = "172.25.254.50"
+	owner, other := winner(addr, "n1", "n2"), ""
+	if owner == "n1" {
+		other = "n2"
+	} else {
+		other = "n1"
+	}
+	speakers := map[string]*speakerUnderTest{
+		"n1": startSpeaker(t, env, "n1", "n1", "n2"),
+		"n2": startSpeaker(t, env, "n2", "n1", "n2"),
+	}
+	speakers["n1"].wantAnnounced(t, nil)
+	speakers["n2"].wantAnnounced(t, nil)
+
+	// A LoadBalancer Service with its address, as the controller leaves it.
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}},
+	}
+	mustCreate(t, c, svc)
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: addr}}
+	if err := c.Status().Update(ctx, svc); err != nil {
+		t.Fatalf("set service status: %v", err)
+	}
+	// An address without a ready endpoint is not announced: nothing would
+	// answer behind it.
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-abc", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: ptr("n1"),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)}}},
+	}
+	mustCreate(t, c, slice)
+	for _, s := range speakers {
+		s.wantAnnounced(t, nil)
+	}
+
+	slice.Endpoints[0].Conditions.Ready = ptr(true)
+	if err := c.Update(ctx, slice); err != nil {
+		t.Fatalf("make endpoint ready: %v", err)
+	}
+	want := []Announcement{{Service: "default/web", Addr: netip.MustParseAddr(addr), Interfaces: []string{"eth0"}}}
+	speakers[owner].wantAnnounced(t, want)
+	speakers[other].wantAnnounced(t, nil)
+
+	eventually(t, "ServiceL2Status of the owner", func() string {
+		return cmp.Diff([]l2status{wantStatus(owner, "eth0")}, statuses(t, c))
+	})
+	eventually(t, "nodeAssigned event", func() string {
+		var evs eventsv1.EventList
+		if err := c.List(ctx, &evs, client.InNamespace("default")); err != nil {
+			return err.Error()
+		}
+		var notes []string
+		for _, e := range evs.Items {
+			if e.Reason == ReasonNodeAssigned && e.Regarding.Name == "web" {
+				notes = append(notes, e.Note)
+			}
+		}
+		return cmp.Diff([]string{`announcing from node "` + owner + `" with protocol "layer2"`}, notes)
+	})
+
+	// The owner's speaker dies: the other one takes over and reports it.
+	speakers[other].members.set(other)
+	speakers[other].wantAnnounced(t, want)
+	eventually(t, "ServiceL2Status after takeover", func() string {
+		got := statuses(t, c)
+		if !slices.ContainsFunc(got, func(s l2status) bool { return cmp.Equal(s, wantStatus(other, "eth0")) }) {
+			return fmt.Sprintf("no status for %s: %+v", other, got)
+		}
+		return ""
+	})
+	speakers[other].members.set("n1", "n2")
+	speakers[other].wantAnnounced(t, nil)
+	speakers[owner].wantAnnounced(t, want)
+
+	// The endpoints go: the address is withdrawn and its status removed.
+	slice.Endpoints[0].Conditions.Ready = ptr(false)
+	if err := c.Update(ctx, slice); err != nil {
+		t.Fatalf("make endpoint not ready: %v", err)
+	}
+	for _, s := range speakers {
+		s.wantAnnounced(t, nil)
+	}
+	eventually(t, "ServiceL2Status removed", func() string {
+		return cmp.Diff([]l2status(nil), statuses(t, c), cmpopts.EquateEmpty())
+	})
+}
+
+func TestNewManagerNeedsNodeName(t *testing.T) {
+	_, err := NewManager(context.Background(), nil, Options{}, Deps{})
+	if !errors.Is(err, ErrNoNodeName) {
+		t.Fatalf("NewManager without a node name: error %v, want %v", err, ErrNoNodeName)
+	}
+}
