@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
 # cached outside the repository; the script prints its directory last.
 ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
 
-.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller demo demo-keep clean
+.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover demo demo-keep clean
 
 all: build
 
@@ -50,6 +50,11 @@ unit:
 ## e2e: the namespace-lab scenarios (root required)
 e2e:
 	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -p 1 -count=1 -timeout 30m -v ./e2e/...
+
+## bench-failover: layer-2 failover in the lab (root), 20 trials per fault;
+## prints `l2-failover fault=... n=20 p50_ms=... p99_ms=...`
+bench-failover:
+	KUBEBUILDER_ASSETS="$(ASSETS)" IRONLB_FAILOVER_TRIALS=20 $(GO) test -count=1 -run 'TestLabL2SpeakerFailover|TestLabForwarder' -v ./e2e/ | grep -E 'l2-failover|^(ok|FAIL|---)'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

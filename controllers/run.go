@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -33,6 +34,11 @@ type Options struct {
 	ReconcileBurst int
 	APIQPS         float64
 	APIBurst       int
+	// IPMode is the status.loadBalancer.ingress[].ipMode published: Proxy
+	// (the default, also for "") when the speakers' forwarder carries the
+	// traffic, which tells kube-proxy to leave the addresses alone; VIP when
+	// the speakers run with --forwarder=off and kube-proxy carries it.
+	IPMode corev1.LoadBalancerIPMode
 	// SkipNameValidation lets tests run several managers in one process.
 	SkipNameValidation bool
 	zap                zap.Options
@@ -48,8 +54,28 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.LBClass, "lb-class", "", "serve only Services with this spec.loadBalancerClass; empty serves Services without a class")
 	fs.Float64Var(&o.APIQPS, "kube-api-qps", 200, "sustained requests per second to the API server (client-go's default of 5 would make a burst of new Services wait minutes)")
 	fs.IntVar(&o.APIBurst, "kube-api-burst", 400, "burst of requests to the API server above --kube-api-qps")
-	fs.IntVar(&o.ReconcileBurst, "service-workers", 4, "Services whose status is written in parallel (allocation itself is serialised)")
+	fs.IntVar(&o.ReconcileBurst, "service-workers", 16, "Services whose status is written in parallel (allocation itself is serialised)")
+	o.IPMode = corev1.LoadBalancerIPModeProxy
+	fs.Func("ip-mode", "ipMode published with every address: Proxy (default) when the speakers' forwarder carries the traffic, so kube-proxy leaves the addresses alone; VIP when the speakers run with --forwarder=off and kube-proxy carries it", func(s string) error {
+		m, err := parseIPMode(s)
+		o.IPMode = m
+		return err
+	})
 	o.zap.BindFlags(fs)
+}
+
+// ErrUnknownIPMode is returned for an --ip-mode other than VIP or Proxy.
+var ErrUnknownIPMode = errors.New("unknown ip mode")
+
+func parseIPMode(s string) (corev1.LoadBalancerIPMode, error) {
+	switch m := corev1.LoadBalancerIPMode(s); m {
+	case "":
+		return corev1.LoadBalancerIPModeProxy, nil
+	case corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy:
+		return m, nil
+	default:
+		return "", fmt.Errorf("%w %q (want VIP or Proxy)", ErrUnknownIPMode, s)
+	}
 }
 
 func DefaultNamespace() string {
@@ -100,6 +126,9 @@ func Run(o Options) error {
 func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if o.Namespace == "" {
 		o.Namespace = "metallb-system"
+	}
+	if _, err := parseIPMode(string(o.IPMode)); err != nil {
+		return nil, err
 	}
 	inNamespace := cache.ByObject{Namespaces: map[string]cache.Config{o.Namespace: {}}}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{

@@ -32,6 +32,8 @@ type ServiceReconciler struct {
 	Recorder record.EventRecorder
 	LBClass  string
 	Workers  int
+	// IPMode is published with every address; empty means Proxy.
+	IPMode corev1.LoadBalancerIPMode
 
 	state *assignments
 	// all re-enqueues every Service when the configuration changes.
@@ -151,9 +153,12 @@ func (r *ServiceReconciler) stopServing(ctx context.Context, svc *corev1.Service
 // assignment, and no moment where one is visible without the other.
 func (r *ServiceReconciler) publish(ctx context.Context, svc *corev1.Service, asg ipam.Assignment) error {
 	want := make([]corev1.LoadBalancerIngress, 0, len(asg.Addresses))
-	vip := corev1.LoadBalancerIPModeVIP
+	mode := r.IPMode
+	if mode == "" {
+		mode = corev1.LoadBalancerIPModeProxy
+	}
 	for _, a := range asg.Addresses {
-		want = append(want, corev1.LoadBalancerIngress{IP: a.String(), IPMode: &vip})
+		want = append(want, corev1.LoadBalancerIngress{IP: a.String(), IPMode: &mode})
 	}
 	if ingressEqual(svc.Status.LoadBalancer.Ingress, want) && svc.Annotations[annAllocatedFromPool] == asg.Pool {
 		return nil

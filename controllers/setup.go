@@ -35,7 +35,11 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if err := (&ConfigReconciler{Client: mgr.GetClient(), Recorder: recorder, Namespace: o.Namespace, LBClass: o.LBClass, state: state, services: services}).SetupWithManager(mgr); err != nil {
 		return err
 	}
-	if err := (&ServiceReconciler{Client: mgr.GetClient(), Recorder: recorder, LBClass: o.LBClass, Workers: o.ReconcileBurst, state: state, all: services}).SetupWithManager(mgr); err != nil {
+	ipMode, err := parseIPMode(string(o.IPMode))
+	if err != nil {
+		return err
+	}
+	if err := (&ServiceReconciler{Client: mgr.GetClient(), Recorder: recorder, LBClass: o.LBClass, Workers: o.ReconcileBurst, IPMode: ipMode, state: state, all: services}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return (&PoolStatusReconciler{Client: mgr.GetClient(), state: state}).SetupWithManager(mgr)

@@ -14,6 +14,8 @@ type metricSet struct {
 	announced prometheus.Gauge
 	takeovers prometheus.Counter
 	members   prometheus.Gauge
+	// forwarderBackend has one series, set to 1, naming the backend chosen.
+	forwarderBackend *prometheus.GaugeVec
 }
 
 // statsReporter is implemented by announcers that count packets.
@@ -35,6 +37,10 @@ func newMetrics(reg prometheus.Registerer, a Announcer) (*metricSet, error) {
 			Name: "ironlb_election_members",
 			Help: "Speakers alive in memberlist, as this node sees them.",
 		}),
+		forwarderBackend: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ironlb_forwarder_backend_info",
+			Help: "The forwarding backend this speaker runs (ipvs, nftables or off), as a series set to 1.",
+		}, []string{"backend"}),
 	}
 	var err error
 	if m.announced, err = register(reg, m.announced); err != nil {
@@ -44,6 +50,9 @@ func newMetrics(reg prometheus.Registerer, a Announcer) (*metricSet, error) {
 		return nil, err
 	}
 	if m.members, err = register(reg, m.members); err != nil {
+		return nil, err
+	}
+	if m.forwarderBackend, err = register(reg, m.forwarderBackend); err != nil {
 		return nil, err
 	}
 	if s, ok := a.(statsReporter); ok {

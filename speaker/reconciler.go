@@ -62,6 +62,7 @@ type reconciler struct {
 	namespace string
 	lbClass   string
 	announcer Announcer
+	forwarder *forwarding
 	members   Members
 	joined    <-chan struct{}
 	metrics   *metricSet
@@ -129,7 +130,7 @@ func (nodeChanged) Update(e event.UpdateEvent) bool {
 }
 
 // Reconcile computes this node's announcements from the cache and the
-// memberlist view, hands them to the announcer, then reports them through
+// memberlist view, hands them to the forwarder and the announcer, then reports them through
 // Events, metrics and (asynchronously) ServiceL2Status objects.
 func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	select {
@@ -144,6 +145,11 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	}
 	desired := Desired(in)
 	ctrl.LoggerFrom(ctx).V(1).Info("computed announcements", "members", in.Alive, "announce", len(desired))
+	// Forwarding first: an address this node takes over carries traffic
+	// by the time the responder draws it here. A forwarder failure is
+	// retried but does not hold up the announcements (releasing an address
+	// matters most then).
+	fwdErr := r.forwarder.sync(ctx, in, desired)
 	if err := r.announcer.Sync(ctx, desired); err != nil {
 		return reconcile.Result{}, fmt.Errorf("announce %d addresses: %w", len(desired), err)
 	}
@@ -153,7 +159,7 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	// Status goes to the API on its own queue: a slow or unreachable API
 	// server must not hold up the next failover.
 	r.status.set(bySvc, in.Alive)
-	return reconcile.Result{}, nil
+	return reconcile.Result{}, fwdErr
 }
 
 // inputs reads everything Desired needs.

@@ -33,6 +33,7 @@ import (
 	"github.com/ironlb/ironlb/api/v1beta1"
 	"github.com/ironlb/ironlb/api/v1beta2"
 	"github.com/ironlb/ironlb/controllers"
+	"github.com/ironlb/ironlb/speaker/forwarder"
 	"github.com/ironlb/ironlb/speaker/layer2"
 	"github.com/ironlb/ironlb/speaker/membership"
 )
@@ -76,6 +77,11 @@ type Options struct {
 	// unless an L2Advertisement names them.
 	ExcludeInterfaces []string
 
+	// Forwarder is auto, ipvs, nftables or off (see speaker/forwarder's
+	// Resolve); empty means off, so that tests and embedders never program
+	// the kernel unasked. The flag defaults to auto.
+	Forwarder string
+
 	zap zap.Options
 }
 
@@ -107,6 +113,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
+	fs.StringVar(&o.Forwarder, "forwarder", string(forwarder.ModeAuto), "carry service traffic to the endpoints: auto (IPVS when the kernel has it, else nftables), ipvs, nftables, or off (leave it to kube-proxy; then run the controller with --ip-mode=VIP)")
 	o.zap.BindFlags(fs)
 }
 
@@ -221,6 +228,11 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 	if err != nil {
 		return nil, err
 	}
+	fwd, backend, err := newForwarding(o.Forwarder, o.NodeName, mgr.GetEventRecorder(eventSource), log)
+	if err != nil {
+		return nil, err
+	}
+	m.forwarderBackend.WithLabelValues(string(backend)).Set(1)
 	j := &joiner{client: mgr.GetClient(), members: d.Members, node: o.NodeName, port: o.MemberlistPort, every: o.RejoinInterval, log: log, joined: make(chan struct{})}
 	if err := mgr.Add(j); err != nil {
 		return nil, err
@@ -232,6 +244,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 		namespace: o.Namespace,
 		lbClass:   o.LBClass,
 		announcer: d.Announcer,
+		forwarder: fwd,
 		members:   d.Members,
 		joined:    j.joined,
 		metrics:   m,

@@ -88,6 +88,8 @@ type demo struct {
 	lab        *lab.Lab
 	env        *controlplane.Env
 	controller *lab.Process
+	speakers   map[string]*lab.Process
+	owner      string
 }
 
 func (d *demo) steps() []step {
@@ -100,6 +102,9 @@ func (d *demo) steps() []step {
 		{"Apply the address pool and the L2 advertisement", d.applyPool},
 		{"Apply the Service and watch it get its address", d.applyService},
 		{"List the address pools", d.listPools},
+		{"Start a speaker on every node and find the address's owner", d.startSpeakers},
+		{"curl the Service through its address", d.curlService},
+		{"Kill the owner's speaker and keep curling", d.failover},
 	}
 }
 
@@ -156,6 +161,9 @@ func (d *demo) teardown() error {
 	}
 	fmt.Fprintln(d.out, "\ntearing down: processes, control plane, namespaces")
 	var errs []error
+	for _, p := range d.speakers {
+		errs = append(errs, p.Stop(10*time.Second))
+	}
 	if d.controller != nil {
 		errs = append(errs, d.controller.Stop(10*time.Second))
 	}
@@ -460,6 +468,125 @@ func (d *demo) printKeepHelp() {
 		fmt.Fprintf(d.out, "  %-*s   # %s\n", width, r[0], r[1])
 	}
 	fmt.Fprintf(d.out, "\nprocess logs: %s\n", l.LogDir)
+}
+
+const serviceAddr = "172.25.254.50"
+
+func (d *demo) startSpeakers(ctx context.Context) error {
+	d.speakers = map[string]*lab.Process{}
+	for _, n := range d.lab.Nodes {
+		p, err := n.StartProcess(lab.ProcessSpec{Label: "speaker", Path: d.ironlb, Args: []string{"speaker",
+			"--node-name", n.Name, "--kubeconfig", d.env.Kubeconfig,
+			"--metrics-bind-address=0", "--health-probe-bind-address=0"}})
+		if err != nil {
+			return err
+		}
+		d.speakers[n.Name] = p
+		d.say("$ ironlb speaker --node-name %s ...   (in %s's namespace, as the DaemonSet runs it on the host network; log %s)", n.Name, n.Name, p.LogPath)
+	}
+	d.say("every speaker computes the same owner for %s; the owner answers ARP for it and forwards its traffic (nftables: this kernel has no IPVS)", serviceAddr)
+	var out string
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var err error
+		out, err = d.env.Kubectl("get", "servicel2statuses", "-A", "-o", "jsonpath={range .items[*]}{.status.node}{\"\\n\"}{end}")
+		if nodes := strings.Fields(out); err == nil && len(nodes) == 1 {
+			d.owner = nodes[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no single owner of %s within a minute: %q", serviceAddr, out)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if _, err := d.kubectl("get", "servicel2statuses", "-A"); err != nil {
+		return err
+	}
+	c := d.lab.Client
+	out, err := c.Exec(ctx, "arping", "-c", "2", "-I", c.Iface, serviceAddr)
+	d.command(fmt.Sprintf("ip netns exec %s arping -c 2 -I %s %s   # from the client", c.Namespace, c.Iface, serviceAddr), out)
+	if err != nil {
+		return err
+	}
+	n := d.lab.Node(d.owner)
+	out, err = n.Exec(ctx, "ip", "-br", "link", "show", n.Iface)
+	d.command(fmt.Sprintf("ip netns exec %s ip -br link show %s   # the owner's MAC, the one that answered", n.Namespace, n.Iface), out)
+	return err
+}
+
+// curl asks for http://<service address>/ from the client; the backend
+// answers with its pod's name and the source address it saw.
+func (d *demo) curl(ctx context.Context) (string, error) {
+	return d.lab.Client.Exec(ctx, "curl", "-s", "--max-time", "2", "http://"+serviceAddr+"/")
+}
+
+func (d *demo) curlService(ctx context.Context) error {
+	d.say("ipMode Proxy tells kube-proxy to leave the address to ironlb's forwarder:")
+	if _, err := d.kubectl("get", "svc", "dhj-service", "-o", "jsonpath={.status.loadBalancer.ingress}"); err != nil {
+		return err
+	}
+	pods := map[string]bool{}
+	for range 3 {
+		out, err := d.curl(ctx)
+		d.command(fmt.Sprintf("ip netns exec %s curl -s http://%s/", d.lab.Client.Namespace, serviceAddr), out)
+		if err != nil {
+			return err
+		}
+		if f := strings.Fields(out); len(f) > 0 {
+			pods[f[0]] = true
+		}
+	}
+	d.say("%d different pods answered (scheduler rr); each saw %s's address as the client: the forwarder masquerades (externalTrafficPolicy Cluster)", len(pods), d.owner)
+	if len(pods) < 2 {
+		return fmt.Errorf("every request went to the same pod; want them spread")
+	}
+	return nil
+}
+
+func (d *demo) failover(ctx context.Context) error {
+	owner := d.lab.Node(d.owner)
+	d.say("$ kill -9 <speaker of %s>      # a crash: no goodbye to the other speakers", d.owner)
+	d.say("(%s's forwarding rules stay, so requests the client still sends there succeed; what counts is the first answer through the new owner)", d.owner)
+	start := time.Now()
+	d.speakers[d.owner].Kill()
+	var failed int
+	for {
+		out, err := d.curl(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			failed++
+		} else if f := strings.Fields(out); len(f) == 2 {
+			// The new owner masquerades with its own address; answers still
+			// forwarded by the dead speaker's node (its rules stay) do not
+			// count.
+			from, _, _ := strings.Cut(f[1], ":")
+			if from != owner.IPv4.String() && from != owner.Gateway.String() {
+				d.say("first answer through the new owner %s after %s (%d requests failed meanwhile):", d.nodeByAddr(from), roundDuration(time.Since(start)), failed)
+				d.command(fmt.Sprintf("ip netns exec %s curl -s http://%s/", d.lab.Client.Namespace, serviceAddr), out)
+				break
+			}
+		}
+		if time.Since(start) > time.Minute {
+			return fmt.Errorf("a minute after the kill, no answer through another node")
+		}
+	}
+	_, err := d.kubectl("get", "servicel2statuses", "-A")
+	return err
+}
+
+func (d *demo) nodeByAddr(a string) string {
+	for _, n := range d.lab.Nodes {
+		if a == n.IPv4.String() || a == n.Gateway.String() {
+			return n.Name
+		}
+	}
+	return a
 }
 
 // --- process helpers ------------------------------------------------------

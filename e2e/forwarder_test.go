@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ironlb/ironlb/e2e/cluster"
+	"github.com/ironlb/ironlb/e2e/lab"
+	"github.com/ironlb/ironlb/internal/election"
+)
+
+// answer is what a backend said through the service address: which pod
+// served the request and the source address it saw (the forwarding node's,
+// since Cluster traffic is masqueraded).
+type answer struct {
+	pod, from string
+}
+
+// curl fetches http://<vip>/ from the client as a user would, with curl.
+func curl(ctx context.Context, c *labCluster, vip netip.Addr) (answer, error) {
+	out, err := c.Client.Exec(ctx, "curl", "-s", "--max-time", "2", "http://"+vip.String()+"/")
+	if err != nil {
+		return answer{}, err
+	}
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		return answer{}, fmt.Errorf("curl http://%s/: unexpected answer %q", vip, out)
+	}
+	from, _, _ := strings.Cut(f[1], ":")
+	return answer{pod: f[0], from: from}, nil
+}
+
+// forwardedBy names the node whose address a backend saw as the client: a
+// node masquerades with its pod-network gateway toward its own pod and with
+// its segment address toward the others.
+func forwardedBy(c *labCluster, from string) string {
+	for _, n := range c.Nodes {
+		if from == n.IPv4.String() || from == n.Gateway.String() {
+			return n.Name
+		}
+	}
+	return "unknown source " + from
+}
+
+// TestLabForwarder: with speakers on every node, the owner of the example
+// Service's address carries its traffic to the pods: curl from the client
+// reaches all three pods in turn (rr); when the owner's speaker is killed,
+// the next owner carries the traffic (the time until the first answer
+// through it is logged as `l2-failover-curl ms=`); with sessionAffinity
+// ClientIP the client stays on one pod.
+func TestLabForwarder(t *testing.T) {
+	c := startLabCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	c.kubectl(t, "apply", "-f", examplePath(t, "01-l2-first-pool.yaml"))
+	c.kubectl(t, "apply", "-f", examplePath(t, "03-service-loadbalancer.yaml"))
+	if err := cluster.WriteEndpoints(ctx, c.env.Client, "default", "dhj-service", c.Nodes,
+		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}}); err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddr("172.25.254.50")
+	if out, ok := waitFor(time.Minute, func() (string, bool) {
+		out, err := c.env.Kubectl("get", "svc", "dhj-service", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip} {.status.loadBalancer.ingress[*].ipMode}")
+		return out, err == nil && out == vip.String()+" Proxy"
+	}); !ok {
+		t.Fatalf("dhj-service never got %s with ipMode Proxy: %q", vip, out)
+	}
+
+	speakers := map[string]*lab.Process{}
+	macs := map[string]string{}
+	var names, pods []string
+	for _, n := range c.Nodes {
+		speakers[n.Name] = startSpeaker(t, c.env.Kubeconfig, n)
+		macs[n.Name] = hardwareAddr(t, n.Host)
+		names = append(names, n.Name)
+		pods = append(pods, n.Pod.Name)
+	}
+	slices.Sort(pods)
+	owner, _ := election.Winner(vip, names)
+
+	// Only the owner answers ARP for the address: the forwarder does not
+	// make any node answer for it by itself.
+	arpc := arpClient(t, c.Client)
+	if out, ok := waitFor(time.Minute, func() (string, bool) {
+		got, err := arping(arpc, vip, 300*time.Millisecond)
+		return fmt.Sprintf("ARP for %s answered by %v, want only %s (%s)", vip, got, owner, macs[owner]), err == nil && slices.Equal(got, []string{macs[owner]})
+	}); !ok {
+		t.Fatal(out)
+	}
+
+	var first answer
+	if out, ok := waitFor(time.Minute, func() (string, bool) {
+		a, err := curl(ctx, c, vip)
+		first = a
+		return fmt.Sprintf("curl through %s: %+v %v", vip, a, err), err == nil && slices.Contains(pods, a.pod)
+	}); !ok {
+		t.Fatalf("%s\n%s", out, c.Logs())
+	}
+	t.Logf("curl http://%s/ answered by %s, forwarded by %s", vip, first.pod, forwardedBy(c, first.from))
+	// This kernel has no IPVS: auto must say so and pick nftables, once.
+	for name, p := range speakers {
+		var chosen []string
+		out, ok := waitFor(time.Minute, func() (string, bool) {
+			chosen = chosen[:0]
+			for _, line := range strings.Split(p.Log(), "\n") {
+				if strings.Contains(line, "forwarder chosen") {
+					chosen = append(chosen, line)
+				}
+			}
+			return fmt.Sprintf("speaker of %s logged the forwarder choice as %q, want one line naming nftables", name, chosen),
+				len(chosen) == 1 && strings.Contains(chosen[0], "nftables")
+		})
+		if !ok {
+			t.Error(out)
+		} else if name == owner {
+			t.Logf("speaker of %s: %s", name, chosen[0])
+		}
+	}
+
+	// Round robin: a dozen requests reach every pod.
+	var served []string
+	for range 12 {
+		a, err := curl(ctx, c, vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if by := forwardedBy(c, a.from); by != owner {
+			t.Errorf("request forwarded by %s, want the owner %s", by, owner)
+		}
+		if !slices.Contains(served, a.pod) {
+			served = append(served, a.pod)
+		}
+	}
+	slices.Sort(served)
+	if !slices.Equal(pods, served) {
+		t.Errorf("pods answering 12 requests through %s: got %v, want all of %v", vip, served, pods)
+	}
+
+	// Failover: the owner's speaker dies; the next owner must carry the
+	// traffic. The dead speaker's node keeps its (stale) forwarding rules,
+	// so answers still forwarded by it do not count.
+	next := nextOwner(vip, names, owner)
+	start := time.Now()
+	speakers[owner].Kill()
+	var outage time.Duration
+	for {
+		a, err := curl(ctx, c, vip)
+		if err == nil && forwardedBy(c, a.from) == next {
+			outage = time.Since(start)
+			break
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatalf("a minute after the speaker of %s was killed, requests are not forwarded by %s: last %+v %v\n%s", owner, next, a, err, c.Logs())
+		}
+	}
+	t.Logf("killed the speaker of %s; %s carried the traffic after %v", owner, next, outage)
+	t.Logf("l2-failover-curl ms=%.1f from=%s to=%s", ms(outage), owner, next)
+
+	// ClientIP affinity: once the speaker has applied it, the client
+	// stays on one pod.
+	c.kubectl(t, "patch", "svc", "dhj-service", "--type=merge", "-p", `{"spec":{"sessionAffinity":"ClientIP"}}`)
+	if out, ok := waitFor(time.Minute, func() (string, bool) {
+		var got []string
+		for range 9 {
+			a, err := curl(ctx, c, vip)
+			if err != nil {
+				return err.Error(), false
+			}
+			if !slices.Contains(got, a.pod) {
+				got = append(got, a.pod)
+			}
+		}
+		return fmt.Sprintf("pods answering 9 requests with ClientIP affinity: %v", got), len(got) == 1
+	}); !ok {
+		t.Fatal(out)
+	} else {
+		t.Log(out)
+	}
+}

@@ -1,0 +1,120 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/events"
+
+	"github.com/ironlb/ironlb/speaker/forwarder"
+)
+
+// ReasonForwarderProblem is the Warning Event on a Service part of which the
+// forwarder cannot carry as written (an unknown scheduler, an SCTP port...).
+const ReasonForwarderProblem = "ForwarderProblem"
+
+// forwarding carries the traffic of the addresses this node announces to
+// their endpoints. It runs in the speaker's own network namespace, the
+// node's. Neither backend makes the node answer ARP for a service address by
+// itself: nftables rewrites the destination in prerouting, before routing,
+// so the address is never bound; IPVS binds it on a dummy interface and sets
+// arp_ignore/arp_announce as strictARP does. The layer-2 responder alone
+// answers for it.
+type forwarding struct {
+	// table is nil when the forwarder is off.
+	table    forwarder.Table
+	node     string
+	recorder events.EventRecorder
+
+	mu sync.Mutex
+	// told holds, per service, the problem messages already sent as
+	// Events, so a reconcile repeats none; a message that goes away and
+	// comes back is told again.
+	told map[string]map[string]bool
+}
+
+// newForwarding resolves --forwarder and builds the backend in the caller's
+// network namespace. mode "" means off. It returns the backend chosen (for
+// the metric) and logs the choice and its reason once.
+func newForwarding(mode string, node string, recorder events.EventRecorder, log logr.Logger) (*forwarding, forwarder.Mode, error) {
+	f := &forwarding{node: node, recorder: recorder, told: map[string]map[string]bool{}}
+	if mode == "" {
+		mode = string(forwarder.ModeOff)
+	}
+	backend, reason, err := forwarder.Resolve(forwarder.Mode(mode), forwarder.Available)
+	if err != nil {
+		return nil, "", fmt.Errorf("choose forwarder: %w", err)
+	}
+	log = log.WithName("forwarder")
+	switch backend {
+	case forwarder.ModeIPVS:
+		t, err := forwarder.NewIPVS(forwarder.IPVSConfig{Logger: log})
+		if err != nil {
+			return nil, "", fmt.Errorf("start IPVS forwarder: %w", err)
+		}
+		f.table = t
+	case forwarder.ModeNFTables:
+		t, err := forwarder.NewNFTables(forwarder.NFTablesConfig{Logger: log})
+		if err != nil {
+			return nil, "", fmt.Errorf("start nftables forwarder: %w", err)
+		}
+		f.table = t
+	}
+	log.Info("forwarder chosen", "backend", string(backend), "reason", reason)
+	return f, backend, nil
+}
+
+// sync makes the forwarder carry exactly the announced addresses of the
+// Services behind announce, and tells users of the parts it cannot carry.
+func (f *forwarding) sync(ctx context.Context, in Inputs, announce []Announcement) error {
+	if f == nil || f.table == nil {
+		return nil
+	}
+	announced := make(map[netip.Addr]bool, len(announce))
+	carried := map[string]bool{}
+	for _, a := range announce {
+		announced[a.Addr] = true
+		carried[a.Service] = true
+	}
+	var svcs []corev1.Service
+	for i := range in.Services {
+		if carried[in.Services[i].Namespace+"/"+in.Services[i].Name] {
+			svcs = append(svcs, in.Services[i])
+		}
+	}
+	vs, problems := forwarder.Expand(forwarder.ExpandInput{Node: f.node, Services: svcs, Slices: in.Slices, Announced: announced})
+	f.report(svcs, problems)
+	if err := f.table.Sync(ctx, vs); err != nil {
+		return fmt.Errorf("forward %d virtual services: %w", len(vs), err)
+	}
+	return nil
+}
+
+// report records a Warning Event for each problem not told before.
+func (f *forwarding) report(svcs []corev1.Service, problems []forwarder.Problem) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := map[string]map[string]bool{}
+	for _, p := range problems {
+		msg := p.Err.Error()
+		if now[p.Service] == nil {
+			now[p.Service] = map[string]bool{}
+		}
+		now[p.Service][msg] = true
+		if f.told[p.Service][msg] {
+			continue
+		}
+		for i := range svcs {
+			if svcs[i].Namespace+"/"+svcs[i].Name == p.Service {
+				f.recorder.Eventf(&svcs[i], nil, corev1.EventTypeWarning, ReasonForwarderProblem, "Forward",
+					"node %q: %s", f.node, msg)
+				break
+			}
+		}
+	}
+	f.told = now
+}

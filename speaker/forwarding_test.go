@@ -1,0 +1,94 @@
+package speaker
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+
+	"github.com/ironlb/ironlb/speaker/forwarder"
+)
+
+type fakeTable struct{ got [][]forwarder.VirtualService }
+
+func (f *fakeTable) Sync(_ context.Context, vs []forwarder.VirtualService) error {
+	f.got = append(f.got, vs)
+	return nil
+}
+
+func fwdService(name, ip string, scheduler string) corev1.Service {
+	return corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Annotations: map[string]string{forwarder.SchedulerAnnotation: scheduler}},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}},
+		Status:     corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: ip}}}},
+	}
+}
+
+func fwdSlice(service, addr string) discoveryv1.EndpointSlice {
+	port, proto, name := int32(80), corev1.ProtocolTCP, ""
+	return discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: service + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: service}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{addr}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+}
+
+// The forwarder carries only what this node announces, and a Service's
+// problem becomes one Warning Event, not one per reconcile.
+func TestForwardingSync(t *testing.T) {
+	table := &fakeTable{}
+	rec := events.NewFakeRecorder(10)
+	f := &forwarding{table: table, node: "node1", recorder: rec, told: map[string]map[string]bool{}}
+	in := Inputs{
+		Node: "node1",
+		Services: []corev1.Service{
+			fwdService("mine", "172.25.254.50", "bogus"),
+			fwdService("theirs", "172.25.254.51", ""),
+		},
+		Slices: []discoveryv1.EndpointSlice{fwdSlice("mine", "10.244.1.10"), fwdSlice("theirs", "10.244.2.10")},
+	}
+	announce := []Announcement{{Service: "default/mine", Addr: netip.MustParseAddr("172.25.254.50")}}
+	for range 3 {
+		if err := f.sync(context.Background(), in, announce); err != nil {
+			t.Fatalf("sync: %v", err)
+		}
+	}
+
+	want := []forwarder.VirtualService{{
+		Key:        forwarder.Key{Addr: netip.MustParseAddr("172.25.254.50"), Port: 80, Protocol: forwarder.TCP},
+		Scheduler:  forwarder.RoundRobin,
+		Backends:   []forwarder.Backend{{Addr: netip.MustParseAddr("10.244.1.10"), Port: 80, Weight: forwarder.DefaultWeight}},
+		Masquerade: true,
+	}}
+	if diff := cmp.Diff(want, table.got[len(table.got)-1], cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("forwarded table (-want +got):\n%s", diff)
+	}
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	if len(got) != 1 {
+		t.Fatalf("events after 3 syncs = %q, want one %s warning", got, ReasonForwarderProblem)
+	}
+}
+
+func TestForwardingOffDoesNothing(t *testing.T) {
+	f, backend, err := newForwarding("", "node1", events.NewFakeRecorder(1), logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if backend != forwarder.ModeOff || f.table != nil {
+		t.Errorf("newForwarding(\"\") = backend %q, table %v; want off and no table", backend, f.table)
+	}
+	if err := f.sync(context.Background(), Inputs{}, []Announcement{{Service: "default/x", Addr: netip.MustParseAddr("172.25.254.50")}}); err != nil {
+		t.Errorf("sync with the forwarder off: %v", err)
+	}
+}
