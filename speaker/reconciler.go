@@ -2,6 +2,7 @@ package speaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -63,10 +64,12 @@ type reconciler struct {
 	lbClass   string
 	announcer Announcer
 	forwarder *forwarding
-	members   Members
-	joined    <-chan struct{}
-	metrics   *metricSet
-	status    *statusWriter
+	// bgp is nil in tests that leave BGP mode out.
+	bgp     *bgpMode
+	members Members
+	joined  <-chan struct{}
+	metrics *metricSet
+	status  *statusWriter
 
 	mu sync.Mutex
 	// announced is the addresses given to the announcer by the last
@@ -149,7 +152,14 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	// by the time the responder draws it here. A forwarder failure is
 	// retried but does not hold up the announcements (releasing an address
 	// matters most then).
-	fwdErr := r.forwarder.sync(ctx, in, desired)
+	// Addresses advertised by BGP are forwarded too: the router sends
+	// their traffic to this node.
+	var bgpAdvertised []Announcement
+	var bgpErr error
+	if r.bgp != nil {
+		bgpAdvertised, bgpErr = r.bgp.sync(ctx, in)
+	}
+	fwdErr := r.forwarder.sync(ctx, in, append(slices.Clone(desired), bgpAdvertised...))
 	if err := r.announcer.Sync(ctx, desired); err != nil {
 		return reconcile.Result{}, fmt.Errorf("announce %d addresses: %w", len(desired), err)
 	}
@@ -159,7 +169,7 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	// Status goes to the API on its own queue: a slow or unreachable API
 	// server must not hold up the next failover.
 	r.status.set(bySvc, in.Alive)
-	return reconcile.Result{}, fwdErr
+	return reconcile.Result{}, errors.Join(fwdErr, bgpErr)
 }
 
 // inputs reads everything Desired needs.

@@ -237,8 +237,13 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 	if err := mgr.Add(j); err != nil {
 		return nil, err
 	}
+	bgpm := newBGPMode(o.NodeName, mgr.GetClient(), mgr.GetEventRecorder(eventSource), log)
+	if err := mgr.Add(bgpm); err != nil {
+		return nil, err
+	}
 	r := &reconciler{
 		client:    mgr.GetClient(),
+		bgp:       bgpm,
 		recorder:  mgr.GetEventRecorder(eventSource),
 		node:      o.NodeName,
 		namespace: o.Namespace,

@@ -8,7 +8,6 @@ package bgp
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -22,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ironlb/ironlb/e2e/frr"
 )
 
 const (
@@ -220,45 +221,10 @@ func (l *lab) daemon(name string, args ...string) {
 	})
 }
 
-func (l *lab) vtysh(command string) ([]byte, error) {
-	return exec.Command("ip", "netns", "exec", l.router, "vtysh", "--vty_socket", l.dir, "-c", command).CombinedOutput()
-}
+func (l *lab) vtysh(command string) ([]byte, error) { return frr.Vtysh(l.router, l.dir, command) }
 
 // nextHops reads the router's RIB (zebra) for one prefix.
-func (l *lab) nextHops(pfx netip.Prefix) ([]string, error) {
-	cmd := "show ip route " + pfx.String() + " json"
-	if pfx.Addr().Is6() {
-		cmd = "show ipv6 route " + pfx.String() + " json"
-	}
-	out, err := l.vtysh(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("vtysh %q: %v: %s", cmd, err, out)
-	}
-	var routes map[string][]struct {
-		Protocol string `json:"protocol"`
-		Selected bool   `json:"selected"`
-		Nexthops []struct {
-			IP     string `json:"ip"`
-			Active bool   `json:"active"`
-		} `json:"nexthops"`
-	}
-	if err := json.Unmarshal(out, &routes); err != nil {
-		return nil, fmt.Errorf("parse %q: %v: %s", cmd, err, out)
-	}
-	var hops []string
-	for _, r := range routes[pfx.String()] {
-		if r.Protocol != "bgp" || !r.Selected {
-			continue
-		}
-		for _, nh := range r.Nexthops {
-			if nh.Active {
-				hops = append(hops, nh.IP)
-			}
-		}
-	}
-	slices.Sort(hops)
-	return hops, nil
-}
+func (l *lab) nextHops(pfx netip.Prefix) ([]string, error) { return frr.NextHops(l.router, l.dir, pfx) }
 
 // node is a speaker process in its own namespace on the lab bridge.
 type node struct {
