@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,10 +22,8 @@ import (
 )
 
 const (
-	frrDir        = "/usr/lib/frr"
-	labRouterASN  = 64513
-	labNodeASN    = 64512
-	frrStartLimit = time.Minute
+	labRouterASN = 64513
+	labNodeASN   = 64512
 )
 
 // bgpConfig is what a user applies for BGP mode: the first pool, advertised
@@ -61,40 +58,24 @@ spec:
   connectTime: 1s
 `, labNodeASN, labRouterASN)
 
-// frr is zebra and bgpd running in the router's namespace.
-type frr struct {
-	router *lab.Host
-	dir    string
-}
-
 // startFRR configures and starts FRR on the lab router with every node as
 // an eBGP neighbour and ECMP over them. Skips when FRR is not installed.
-func startFRR(t *testing.T, l *lab.Lab) *frr {
+func startFRR(t *testing.T, l *lab.Lab) *frrstate.Router {
 	t.Helper()
-	for _, bin := range []string{"bgpd", "zebra"} {
-		if _, err := os.Stat(filepath.Join(frrDir, bin)); err != nil {
-			t.Skipf("FRR not installed (%v): apt-get install -y frr", err)
-		}
+	if err := frrstate.Installed(); err != nil {
+		t.Skip(err)
 	}
-	if _, err := exec.LookPath("vtysh"); err != nil {
-		t.Skipf("FRR's vtysh not installed: %v", err)
-	}
-	// FRR drops to user frr, which cannot enter t.TempDir's private parent.
-	dir, err := os.MkdirTemp("", "ironlb-e2e-frr-")
-	if err != nil {
-		t.Fatalf("create FRR dir: %v", err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	if out, err := exec.Command("chown", "frr:frr", dir).CombinedOutput(); err != nil {
-		t.Fatalf("chown %s: %v: %s", dir, err, out)
-	}
-	f := &frr{router: l.Router, dir: dir}
-
 	var neighbours strings.Builder
 	for _, n := range l.Nodes {
 		fmt.Fprintf(&neighbours, " neighbor %s remote-as %d\n neighbor %s timers connect 1\n", n.IPv4, labNodeASN, n.IPv4)
 	}
-	bgpConf := fmt.Sprintf(`hostname lab-router
+	// The router forwards client traffic back out of the interface it came
+	// in on; a redirect would send the client to a node directly.
+	if out, err := l.Router.Exec(context.Background(), "sysctl", "-w", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0"); err != nil {
+		t.Fatalf("disable redirects on the router: %v: %s", err, out)
+	}
+	return frrstate.Start(t, l.Router.Namespace, func(dir string) string {
+		return fmt.Sprintf(`hostname lab-router
 log file %s/bgpd.log
 router bgp %d
  bgp router-id %s
@@ -104,65 +85,7 @@ router bgp %d
   maximum-paths 8
  exit-address-family
 `, dir, labRouterASN, l.Router.IPv4, neighbours.String())
-	for name, conf := range map[string]string{"zebra.conf": "hostname lab-router\n", "bgpd.conf": bgpConf, "vtysh.conf": ""} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(conf), 0o644); err != nil {
-			t.Fatalf("write %s: %v", name, err)
-		}
-	}
-	// The router forwards client traffic back out of the interface it came
-	// in on; a redirect would send the client to a node directly.
-	if out, err := l.Router.Exec(context.Background(), "sysctl", "-w", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0"); err != nil {
-		t.Fatalf("disable redirects on the router: %v: %s", err, out)
-	}
-	f.daemon(t, "zebra", "-z", filepath.Join(dir, "zserv.api"), "--vty_socket", dir, "-i", filepath.Join(dir, "zebra.pid"), "-f", filepath.Join(dir, "zebra.conf"))
-	if out, ok := waitFor(frrStartLimit, func() (string, bool) {
-		_, err := os.Stat(filepath.Join(dir, "zserv.api"))
-		return fmt.Sprint(err), err == nil
-	}); !ok {
-		t.Fatalf("zebra never opened its socket: %s", out)
-	}
-	f.daemon(t, "bgpd", "-z", filepath.Join(dir, "zserv.api"), "--vty_socket", dir, "-i", filepath.Join(dir, "bgpd.pid"), "-f", filepath.Join(dir, "bgpd.conf"), "-p", "179")
-	if out, ok := waitFor(frrStartLimit, func() (string, bool) {
-		out, err := f.vtysh("show bgp summary json")
-		return fmt.Sprintf("%v: %s", err, out), err == nil
-	}); !ok {
-		t.Fatalf("bgpd never answered vtysh: %s", out)
-	}
-	return f
-}
-
-// daemon runs an FRR daemon in the foreground in the router's namespace,
-// killed by its own process in cleanup.
-func (f *frr) daemon(t *testing.T, name string, args ...string) {
-	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", f.router.Namespace, filepath.Join(frrDir, name)}, args...)...)
-	out, err := os.Create(filepath.Join(f.dir, name+".out"))
-	if err != nil {
-		t.Fatalf("create %s output: %v", name, err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		out.Close()
-		if t.Failed() {
-			o, _ := os.ReadFile(out.Name())
-			b, _ := os.ReadFile(filepath.Join(f.dir, name+".log"))
-			t.Logf("===== %s output =====\n%s%s", name, o, b)
-		}
 	})
-}
-
-func (f *frr) vtysh(command string) ([]byte, error) {
-	return frrstate.Vtysh(f.router.Namespace, f.dir, command)
-}
-
-// nextHops reads the router's RIB for one prefix.
-func (f *frr) nextHops(pfx netip.Prefix) ([]string, error) {
-	return frrstate.NextHops(f.router.Namespace, f.dir, pfx)
 }
 
 // TestLabBGP: with a BGPPeer and a BGPAdvertisement for the first pool,
@@ -200,14 +123,14 @@ func TestLabBGP(t *testing.T) {
 		t.Helper()
 		start := time.Now()
 		out, ok := waitFor(2*time.Minute, func() (string, bool) {
-			hops, err := f.nextHops(prefix)
+			hops, err := f.NextHops(prefix)
 			if err != nil {
 				return err.Error(), false
 			}
 			return fmt.Sprintf("next hops %v", hops), slices.Equal(hops, want)
 		})
 		if !ok {
-			summary, _ := f.vtysh("show bgp summary")
+			summary, _ := f.Vtysh("show bgp summary")
 			t.Fatalf("want next hops %v for %s at the router, last: %s\n%s", want, prefix, out, summary)
 		}
 		return time.Since(start)

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,7 +25,6 @@ import (
 )
 
 const (
-	frrDir       = "/usr/lib/frr"
 	routerASN    = 64500
 	nodeASN      = 64512
 	helperEnv    = "IRONLB_BGP_SPEAKER_HELPER"
@@ -104,7 +102,7 @@ type lab struct {
 	t      testing.TB
 	suffix string
 	router string // namespace
-	dir    string // FRR state
+	frr    *frr.Router
 }
 
 func requireLab(t testing.TB) {
@@ -112,10 +110,8 @@ func requireLab(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	for _, bin := range []string{filepath.Join(frrDir, "bgpd"), filepath.Join(frrDir, "zebra")} {
-		if _, err := os.Stat(bin); err != nil {
-			t.Skipf("FRR not installed (%v); apt-get install -y frr", err)
-		}
+	if err := frr.Installed(); err != nil {
+		t.Skip(err)
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("iproute2 not installed")
@@ -146,19 +142,12 @@ func newLab(t testing.TB) *lab {
 	ns("ip", "addr", "add", labRouterV6+"/64", "dev", "br0", "nodad")
 	ns("ip", "link", "set", "br0", "up")
 
-	// FRR drops to user frr, which cannot enter t.TempDir's private parent.
-	dir, err := os.MkdirTemp("", "ironlb-frr-")
-	if err != nil {
-		t.Fatalf("create FRR dir: %v", err)
-	}
-	l.dir = dir
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	run(t, "chown", "frr:frr", l.dir)
 	neighbours := ""
 	for _, n := range []string{"172.25.254.11", "172.25.254.12", "fd00:254::11", "fd00:254::12"} {
 		neighbours += fmt.Sprintf(" neighbor %s remote-as %d\n neighbor %s timers connect 1\n", n, nodeASN, n)
 	}
-	bgpConf := fmt.Sprintf(`hostname lab-router
+	l.frr = frr.Start(t, l.router, func(dir string) string {
+		return fmt.Sprintf(`hostname lab-router
 log file %s/bgpd.log
 router bgp %d
  bgp router-id %s
@@ -172,59 +161,13 @@ router bgp %d
   neighbor fd00:254::12 activate
   maximum-paths 8
  exit-address-family
-`, l.dir, routerASN, labRouter, neighbours)
-	for name, conf := range map[string]string{"zebra.conf": "hostname lab-router\n", "bgpd.conf": bgpConf, "vtysh.conf": ""} {
-		p := filepath.Join(l.dir, name)
-		if err := os.WriteFile(p, []byte(conf), 0o644); err != nil {
-			t.Fatalf("write %s: %v", p, err)
-		}
-	}
-	l.daemon("zebra", "-z", filepath.Join(l.dir, "zserv.api"), "--vty_socket", l.dir, "-i", filepath.Join(l.dir, "zebra.pid"), "-f", filepath.Join(l.dir, "zebra.conf"))
-	eventually(t, frrTimeout, "zebra socket", func() string {
-		if _, err := os.Stat(filepath.Join(l.dir, "zserv.api")); err != nil {
-			return err.Error()
-		}
-		return ""
-	})
-	l.daemon("bgpd", "-z", filepath.Join(l.dir, "zserv.api"), "--vty_socket", l.dir, "-i", filepath.Join(l.dir, "bgpd.pid"), "-f", filepath.Join(l.dir, "bgpd.conf"), "-p", "179")
-	eventually(t, frrTimeout, "bgpd answering vtysh", func() string {
-		if _, err := l.vtysh("show bgp summary json"); err != nil {
-			return err.Error()
-		}
-		return ""
+`, dir, routerASN, labRouter, neighbours)
 	})
 	return l
 }
 
-// daemon runs an FRR daemon in the foreground inside the router namespace,
-// killed by its process id in cleanup.
-func (l *lab) daemon(name string, args ...string) {
-	t := l.t
-	cmd := exec.Command("ip", append([]string{"netns", "exec", l.router, filepath.Join(frrDir, name)}, args...)...)
-	out, err := os.Create(filepath.Join(l.dir, name+".out"))
-	if err != nil {
-		t.Fatalf("create %s output: %v", name, err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		out.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(l.dir, name+".log"))
-			o, _ := os.ReadFile(out.Name())
-			t.Logf("%s output:\n%s%s", name, o, b)
-		}
-	})
-}
-
-func (l *lab) vtysh(command string) ([]byte, error) { return frr.Vtysh(l.router, l.dir, command) }
-
 // nextHops reads the router's RIB (zebra) for one prefix.
-func (l *lab) nextHops(pfx netip.Prefix) ([]string, error) { return frr.NextHops(l.router, l.dir, pfx) }
+func (l *lab) nextHops(pfx netip.Prefix) ([]string, error) { return l.frr.NextHops(pfx) }
 
 // node is a speaker process in its own namespace on the lab bridge.
 type node struct {
