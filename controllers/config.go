@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/api/v1beta1"
@@ -53,6 +54,21 @@ func LoadResources(ctx context.Context, c client.Reader, namespace string, withN
 		r.Secrets[s.Namespace+"/"+s.Name] = s
 	}
 	return r, nil
+}
+
+// CacheByObject restricts the managers' caches for the configuration kinds
+// (and Secrets, and the given extra kinds) to the configuration namespace:
+// both roles read only that namespace's metallb.io objects.
+func CacheByObject(namespace string, extra ...client.Object) map[client.Object]cache.ByObject {
+	in := cache.ByObject{Namespaces: map[string]cache.Config{namespace: {}}}
+	out := map[client.Object]cache.ByObject{}
+	for _, o := range append([]client.Object{
+		&v1beta1.IPAddressPool{}, &v1beta1.L2Advertisement{}, &v1beta1.BGPAdvertisement{},
+		&v1beta1.Community{}, &v1beta1.BFDProfile{}, &v1beta2.BGPPeer{}, &corev1.Secret{},
+	}, extra...) {
+		out[o] = in
+	}
+	return out
 }
 
 // ipamPools is the allocator's view of the resolved pools.

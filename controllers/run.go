@@ -13,7 +13,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -130,7 +129,6 @@ func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if _, err := parseIPMode(string(o.IPMode)); err != nil {
 		return nil, err
 	}
-	inNamespace := cache.ByObject{Namespaces: map[string]cache.Config{o.Namespace: {}}}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        NewScheme(),
 		Metrics:                       metricsserver.Options{BindAddress: o.MetricsAddr},
@@ -140,16 +138,7 @@ func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElectionNamespace:       o.Namespace,
 		LeaderElectionReleaseOnCancel: true,
 		Controller:                    ctrlconfig.Controller{SkipNameValidation: &o.SkipNameValidation},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1beta1.IPAddressPool{}:      inNamespace,
-			&v1beta1.L2Advertisement{}:    inNamespace,
-			&v1beta1.BGPAdvertisement{}:   inNamespace,
-			&v1beta1.Community{}:          inNamespace,
-			&v1beta1.BFDProfile{}:         inNamespace,
-			&v1beta2.BGPPeer{}:            inNamespace,
-			&v1beta1.ConfigurationState{}: inNamespace,
-			&corev1.Secret{}:              inNamespace,
-		}},
+		Cache:                         cache.Options{ByObject: CacheByObject(o.Namespace, &v1beta1.ConfigurationState{})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)

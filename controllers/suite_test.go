@@ -37,28 +37,7 @@ func TestMain(m *testing.M) {
 // returns a function that stops it and waits until it has.
 func runController(t *testing.T, env *controlplane.Env) (stop func()) {
 	t.Helper()
-	mgr, err := controllers.NewManager(env.Config, controllers.Options{
-		MetricsAddr: "0", ProbeAddr: "0", Namespace: ns, ReconcileBurst: 4, SkipNameValidation: true,
-	})
-	if err != nil {
-		t.Fatalf("NewManager: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return runControllerWith(t, env, controllers.Options{})
 }
 
 // newEnv starts a control plane with the metallb-system namespace.

@@ -31,7 +31,6 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/ironlb/ironlb/api/v1beta1"
-	"github.com/ironlb/ironlb/api/v1beta2"
 	"github.com/ironlb/ironlb/controllers"
 	"github.com/ironlb/ironlb/speaker/forwarder"
 	"github.com/ironlb/ironlb/speaker/layer2"
@@ -170,7 +169,6 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 		o.RejoinInterval = 10 * time.Second
 	}
 	log := ctrl.Log.WithName("speaker").WithValues("node", o.NodeName)
-	inNamespace := cache.ByObject{Namespaces: map[string]cache.Config{o.Namespace: {}}}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 controllers.NewScheme(),
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
@@ -178,16 +176,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 		// Every speaker acts for its own node: no leader election.
 		LeaderElection: false,
 		Controller:     config.Controller{SkipNameValidation: &d.SharedProcess},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1beta1.IPAddressPool{}:    inNamespace,
-			&v1beta1.L2Advertisement{}:  inNamespace,
-			&v1beta1.BGPAdvertisement{}: inNamespace,
-			&v1beta1.Community{}:        inNamespace,
-			&v1beta1.BFDProfile{}:       inNamespace,
-			&v1beta2.BGPPeer{}:          inNamespace,
-			&v1beta1.ServiceL2Status{}:  inNamespace,
-			&corev1.Secret{}:            inNamespace,
-		}},
+		Cache:          cache.Options{ByObject: controllers.CacheByObject(o.Namespace, &v1beta1.ServiceL2Status{})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
