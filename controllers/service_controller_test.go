@@ -96,37 +96,14 @@ func TestRequestsSharingAndRelease(t *testing.T) {
 	if err := env.Client.Delete(context.Background(), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "wants-52"}}); err != nil {
 		t.Fatal(err)
 	}
-	// The waiting Service is retried when anything changes; touch it.
-	touch(t, env, "default", "legacy")
+	// The waiting Service is retried on its own when an address frees.
 	waitIngress(t, env, "default", "legacy", "172.25.254.52")
 
 	// Leaving type LoadBalancer releases and clears the status.
-	var s corev1.Service
-	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: "legacy"}, &s); err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Type = corev1.ServiceTypeClusterIP
-	if err := env.Client.Update(context.Background(), &s); err != nil {
-		t.Fatal(err)
-	}
+	updateService(t, env, "default", "legacy", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeClusterIP })
 	waitIngress(t, env, "default", "legacy")
 	create(t, env, lbService("default", "next"))
 	waitIngress(t, env, "default", "next", "172.25.254.51")
-}
-
-func touch(t *testing.T, env *controlplane.Env, namespace, name string) {
-	t.Helper()
-	var s corev1.Service
-	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: namespace, Name: name}, &s); err != nil {
-		t.Fatal(err)
-	}
-	if s.Labels == nil {
-		s.Labels = map[string]string{}
-	}
-	s.Labels["touched"] = fmt.Sprint(time.Now().UnixNano())
-	if err := env.Client.Update(context.Background(), &s); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestPoolSelectionRules(t *testing.T) {
