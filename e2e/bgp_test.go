@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-
-	"github.com/ironlb/ironlb/e2e/cluster"
 	frrstate "github.com/ironlb/ironlb/e2e/frr"
 	"github.com/ironlb/ironlb/e2e/lab"
 )
@@ -104,18 +101,7 @@ func TestLabBGP(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.kubectl(t, "apply", "-f", cfgPath)
-	c.kubectl(t, "apply", "-f", examplePath(t, "03-service-loadbalancer.yaml"))
-	if err := cluster.WriteEndpoints(ctx, c.env.Client, "default", "dhj-service", c.Nodes,
-		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}}); err != nil {
-		t.Fatal(err)
-	}
-	if out, ok := waitFor(time.Minute, func() (string, bool) {
-		out, err := c.env.Kubectl("get", "svc", "dhj-service")
-		ip, _ := column(out, "dhj-service", "EXTERNAL-IP")
-		return out, err == nil && ip == "172.25.254.50"
-	}); !ok {
-		t.Fatalf("dhj-service never got 172.25.254.50:\n%s", out)
-	}
+	c.deployExampleService(t)
 
 	vip := netip.MustParseAddr("172.25.254.50")
 	prefix := netip.PrefixFrom(vip, 32)

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-
-	"github.com/ironlb/ironlb/e2e/cluster"
 	"github.com/ironlb/ironlb/e2e/lab"
 	"github.com/ironlb/ironlb/internal/election"
 )
@@ -61,11 +58,7 @@ func TestLabForwarder(t *testing.T) {
 	defer cancel()
 
 	c.kubectl(t, "apply", "-f", examplePath(t, "01-l2-first-pool.yaml"))
-	c.kubectl(t, "apply", "-f", examplePath(t, "03-service-loadbalancer.yaml"))
-	if err := cluster.WriteEndpoints(ctx, c.env.Client, "default", "dhj-service", c.Nodes,
-		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}}); err != nil {
-		t.Fatal(err)
-	}
+	c.deployExampleService(t)
 	vip := netip.MustParseAddr("172.25.254.50")
 	if out, ok := waitFor(time.Minute, func() (string, bool) {
 		out, err := c.env.Kubectl("get", "svc", "dhj-service", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip} {.status.loadBalancer.ingress[*].ipMode}")

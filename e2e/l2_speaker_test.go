@@ -228,19 +228,7 @@ func TestLabL2SpeakerFailover(t *testing.T) {
 		t.Fatalf("create memberlist secret: %v", err)
 	}
 	c.kubectl(t, "apply", "-f", examplePath(t, "01-l2-first-pool.yaml"))
-	c.kubectl(t, "apply", "-f", examplePath(t, "03-service-loadbalancer.yaml"))
-	if err := cluster.WriteEndpoints(ctx, c.env.Client, "default", "dhj-service", c.Nodes,
-		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}}); err != nil {
-		t.Fatal(err)
-	}
-
-	if out, ok := waitFor(time.Minute, func() (string, bool) {
-		out, err := c.env.Kubectl("get", "svc", "dhj-service")
-		ip, _ := column(out, "dhj-service", "EXTERNAL-IP")
-		return out, err == nil && ip == "172.25.254.50"
-	}); !ok {
-		t.Fatalf("dhj-service never got 172.25.254.50:\n%s", out)
-	}
+	c.deployExampleService(t)
 
 	kubeconfig := c.env.Kubeconfig // the API server listens on the host's lab address
 	speakers := map[string]*lab.Process{}

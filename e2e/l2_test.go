@@ -50,6 +50,34 @@ func startLabCluster(t *testing.T) *labCluster {
 }
 
 // kubectl runs kubectl as a user would and fails the test on error.
+// deployExampleService applies ../shared/examples/03 unchanged, writes the
+// EndpointSlice of the lab's pods as the EndpointSlice controller would (no
+// kubelet runs the Deployment's pods; the lab's pods stand in for them), and
+// waits until `kubectl get svc dhj-service` shows EXTERNAL-IP
+// 172.25.254.50, returning that output.
+func (c *labCluster) deployExampleService(t *testing.T) string {
+	t.Helper()
+	c.kubectl(t, "apply", "-f", examplePath(t, "03-service-loadbalancer.yaml"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := cluster.WriteEndpoints(ctx, c.env.Client, "default", "dhj-service", c.Nodes,
+		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}}); err != nil {
+		t.Fatal(err)
+	}
+	const want = "172.25.254.50"
+	out, ok := waitFor(time.Minute, func() (string, bool) {
+		out, err := c.env.Kubectl("get", "svc", "dhj-service")
+		ip, _ := column(out, "dhj-service", "EXTERNAL-IP")
+		return out, err == nil && ip == want
+	})
+	if !ok {
+		yaml, _ := c.env.Kubectl("get", "svc", "dhj-service", "-o", "yaml")
+		events, _ := c.env.Kubectl("get", "events", "-A")
+		t.Fatalf("kubectl get svc dhj-service: EXTERNAL-IP never became %s; last output:\n%s\n%s\nevents:\n%s", want, out, yaml, events)
+	}
+	return out
+}
+
 func (c *labCluster) kubectl(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := c.env.Kubectl(args...)
@@ -108,31 +136,7 @@ func waitFor(timeout time.Duration, check func() (string, bool)) (string, bool) 
 func TestLabFirstPool(t *testing.T) {
 	c := startLabCluster(t)
 	c.kubectl(t, "apply", "-f", examplePath(t, "01-l2-first-pool.yaml"))
-	c.kubectl(t, "apply", "-f", examplePath(t, "03-service-loadbalancer.yaml"))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	// No kubelet runs the Deployment's pods; the lab's pods stand in for
-	// them, as the EndpointSlice controller would list them.
-	err := cluster.WriteEndpoints(ctx, c.env.Client, "default", "dhj-service", c.Nodes,
-		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	const want = "172.25.254.50"
-	out, ok := waitFor(time.Minute, func() (string, bool) {
-		out, err := c.env.Kubectl("get", "svc", "dhj-service")
-		if err != nil {
-			return out, false
-		}
-		ip, _ := column(out, "dhj-service", "EXTERNAL-IP")
-		return out, ip == want
-	})
-	if !ok {
-		yaml, _ := c.env.Kubectl("get", "svc", "dhj-service", "-o", "yaml")
-		events, _ := c.env.Kubectl("get", "events", "-A")
-		t.Fatalf("kubectl get svc dhj-service: EXTERNAL-IP never became %s; last output:\n%s\n%s\nevents:\n%s", want, out, yaml, events)
-	}
+	out := c.deployExampleService(t)
 	t.Logf("kubectl get svc dhj-service:\n%s", out)
 
 	pools := c.kubectl(t, "get", "ipaddresspools", "-A")
