@@ -49,7 +49,6 @@ func startLabCluster(t *testing.T) *labCluster {
 	return &labCluster{Lab: l, env: env, controller: p}
 }
 
-// kubectl runs kubectl as a user would and fails the test on error.
 // deployExampleService applies ../shared/examples/03 unchanged, writes the
 // EndpointSlice of the lab's pods as the EndpointSlice controller would (no
 // kubelet runs the Deployment's pods; the lab's pods stand in for them), and
@@ -64,20 +63,10 @@ func (c *labCluster) deployExampleService(t *testing.T) string {
 		[]cluster.Port{{Name: "", Port: 80, Protocol: corev1.ProtocolTCP}}); err != nil {
 		t.Fatal(err)
 	}
-	const want = "172.25.254.50"
-	out, ok := waitFor(time.Minute, func() (string, bool) {
-		out, err := c.env.Kubectl("get", "svc", "dhj-service")
-		ip, _ := column(out, "dhj-service", "EXTERNAL-IP")
-		return out, err == nil && ip == want
-	})
-	if !ok {
-		yaml, _ := c.env.Kubectl("get", "svc", "dhj-service", "-o", "yaml")
-		events, _ := c.env.Kubectl("get", "events", "-A")
-		t.Fatalf("kubectl get svc dhj-service: EXTERNAL-IP never became %s; last output:\n%s\n%s\nevents:\n%s", want, out, yaml, events)
-	}
-	return out
+	return c.waitExternalIP(t, "dhj-service", "172.25.254.50")
 }
 
+// kubectl runs kubectl as a user would and fails the test on error.
 func (c *labCluster) kubectl(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := c.env.Kubectl(args...)
