@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
 # cached outside the repository; the script prints its directory last.
 ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
 
-.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover demo demo-keep clean
+.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
 
 all: build
 
@@ -51,10 +51,20 @@ unit:
 e2e:
 	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -p 1 -count=1 -timeout 30m -v ./e2e/...
 
-## bench-failover: layer-2 failover in the lab (root), 20 trials per fault;
-## prints `l2-failover fault=... n=20 p50_ms=... p99_ms=...`
+## bench-failover: layer-2 failover in the lab (root), 20 trials per fault
+## (kill -9, clean stop, link down); per fault prints the first request
+## answered through the new owner (`l2-failover-request ...`), then the
+## client's neighbour entry moved (`l2-failover fault=... n=20 p50_ms=... p99_ms=...`)
 bench-failover:
-	KUBEBUILDER_ASSETS="$(ASSETS)" IRONLB_FAILOVER_TRIALS=20 $(GO) test -count=1 -run 'TestLabL2SpeakerFailover|TestLabForwarder' -v ./e2e/ | grep -E 'l2-failover|^(ok|FAIL|---)'
+	KUBEBUILDER_ASSETS="$(ASSETS)" IRONLB_FAILOVER_TRIALS=20 $(GO) test -count=1 -run 'TestLabL2SpeakerFailover' -v ./e2e/ | grep -E 'l2-failover|^(ok|FAIL|---)'
+
+## bench-bgp: BGP mode against FRR in the lab (root), 50 Services: address
+## assigned to route in the router's kernel table, and delete to withdrawal;
+## prints `bgp-announce n=50 p50_ms=... p99_ms=... withdraw_p50_ms=...` last
+bench-bgp:
+	@out=$$(KUBEBUILDER_ASSETS="$(ASSETS)" IRONLB_BGP_BENCH_SERVICES=50 $(GO) test -count=1 -run 'TestLabBGPAnnounceBench' -v ./e2e/ 2>&1); rc=$$?; \
+	if [ $$rc != 0 ]; then echo "$$out"; exit $$rc; fi; \
+	echo "$$out" | grep -E 'bgp-announce-detail|^(ok|---)'; echo "$$out" | grep -oE 'bgp-announce n=.*'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -63,6 +73,21 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+## bench-forwarder: nftables forwarder in lab network namespaces (root):
+## one TCP flow through the forwarder vs straight to the backend (ratios,
+## 1.0 = no cost), then sync of 10,000 services x 10 endpoints: full load of
+## an empty table and one endpoint changed (mean of 5 each); prints last
+## `forwarder-sync backend=nftables services=10000 one_change_ms=X full_ms=Y`
+bench-forwarder:
+	@{ $(GO) test -run '^$$' -bench 'BenchmarkNFTablesPath' -benchtime=2s ./speaker/forwarder/ && \
+	$(GO) test -run '^$$' -bench 'BenchmarkNFTablesSync/services=10000/^(full_sync|one_change)$$' -benchtime=5x ./speaker/forwarder/; } | \
+	awk '{ print } /path=direct\/throughput-/ { dt = $$5 } /path=forwarded\/throughput-/ { ft = $$5 } \
+	/path=direct\/round_trip-/ { dr = $$3 } /path=forwarded\/round_trip-/ { fr = $$3 } \
+	/\/full_sync-/ { full = $$3 / 1e6 } /\/one_change-/ { one = $$3 / 1e6 } \
+	END { if (!full || !one || !dt || !ft || !dr || !fr) { print "bench-forwarder: no result (the benchmarks need root)"; exit 1 } \
+	printf "forwarder-path backend=nftables throughput_ratio=%.2f round_trip_ratio=%.2f\n", ft / dt, dr / fr; \
+	printf "forwarder-sync backend=nftables services=10000 one_change_ms=%.1f full_ms=%.0f\n", one, full }'
 
 ## bench-controller: 5,000 Services to all-assigned against the real API
 ## server, compared with a bare client writing the same status updates
@@ -74,6 +99,10 @@ demo:
 
 demo-keep:
 	$(GO) run ./e2e/demo --keep
+
+## demo-bgp: the tour in BGP mode, FRR on the lab router (root)
+demo-bgp:
+	$(GO) run ./e2e/demo --bgp
 
 clean:
 	rm -rf bin

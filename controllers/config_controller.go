@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -128,32 +129,58 @@ func objectIndex(res policy.Resources) map[string]client.Object {
 
 // writeState creates or updates ConfigurationState "controller".
 func (r *ConfigReconciler) writeState(ctx context.Context, problems []policy.Problem) error {
-	st := &v1beta1.ConfigurationState{ObjectMeta: metav1.ObjectMeta{Name: ConfigurationStateName, Namespace: r.Namespace}}
-	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, st, func() error {
+	msgs := make([]string, len(problems))
+	for i, p := range problems {
+		msgs[i] = p.Message
+	}
+	return WriteConfigurationState(ctx, r.Client, StateReport{
+		Namespace: r.Namespace, Name: ConfigurationStateName,
+		Labels:   map[string]string{v1beta1.ComponentTypeLabel: "controller"},
+		Problems: msgs,
+		Valid:    "every object is part of the configuration",
+		Outcome:  "the objects at fault are left out, the rest is in force",
+	})
+}
+
+// StateReport is what a component reports in its ConfigurationState.
+type StateReport struct {
+	Namespace, Name string
+	// Labels are set on the object, others it has are kept.
+	Labels map[string]string
+	// Problems are the messages for errorSummary, one a line; none means
+	// Valid.
+	Problems []string
+	// Valid is the Valid condition's message without problems; Outcome
+	// tells users, in its message, what the component does about them.
+	Valid, Outcome string
+}
+
+// WriteConfigurationState creates or updates the ConfigurationState of a
+// component (the controller, or the speaker of one node): Result Valid or
+// Invalid, errorSummary and the Valid condition.
+func WriteConfigurationState(ctx context.Context, c client.Client, rep StateReport) error {
+	st := &v1beta1.ConfigurationState{ObjectMeta: metav1.ObjectMeta{Name: rep.Name, Namespace: rep.Namespace}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, c, st, func() error {
 		if st.Labels == nil {
 			st.Labels = map[string]string{}
 		}
-		st.Labels[v1beta1.ComponentTypeLabel] = "controller"
+		maps.Copy(st.Labels, rep.Labels)
 		return nil
 	}); err != nil {
-		return fmt.Errorf("write ConfigurationState %s/%s: %w", r.Namespace, ConfigurationStateName, err)
+		return fmt.Errorf("write ConfigurationState %s/%s: %w", rep.Namespace, rep.Name, err)
 	}
 	orig := st.DeepCopy()
-	cond := metav1.Condition{Type: ConditionValid, Status: metav1.ConditionTrue, Reason: "Resolved", Message: "every object is part of the configuration", ObservedGeneration: st.Generation}
+	cond := metav1.Condition{Type: ConditionValid, Status: metav1.ConditionTrue, Reason: "Resolved", Message: rep.Valid, ObservedGeneration: st.Generation}
 	st.Status.Result, st.Status.ErrorSummary = v1beta1.ConfigurationResultValid, ""
-	if len(problems) > 0 {
-		msgs := make([]string, len(problems))
-		for i, p := range problems {
-			msgs[i] = p.Message
-		}
+	if len(rep.Problems) > 0 {
 		st.Status.Result = v1beta1.ConfigurationResultInvalid
-		st.Status.ErrorSummary = strings.Join(msgs, "\n")
+		st.Status.ErrorSummary = strings.Join(rep.Problems, "\n")
 		cond.Status, cond.Reason = metav1.ConditionFalse, ReasonInvalidConfig
-		cond.Message = fmt.Sprintf("%d problem(s); the objects at fault are left out, the rest is in force: %s", len(problems), msgs[0])
+		cond.Message = fmt.Sprintf("%d problem(s); %s: %s", len(rep.Problems), rep.Outcome, rep.Problems[0])
 	}
 	apierrors.SetStatusCondition(&st.Status.Conditions, cond)
-	if err := r.Status().Patch(ctx, st, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("write ConfigurationState %s/%s status: %w", r.Namespace, ConfigurationStateName, err)
+	if err := c.Status().Patch(ctx, st, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("write ConfigurationState %s/%s status: %w", rep.Namespace, rep.Name, err)
 	}
 	return nil
 }

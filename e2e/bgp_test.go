@@ -4,85 +4,78 @@ package e2e
 // namespace and peer with the speakers on the nodes.
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	frrstate "github.com/ironlb/ironlb/e2e/frr"
 	"github.com/ironlb/ironlb/e2e/lab"
+	"github.com/ironlb/ironlb/e2e/manifests"
 )
-
-const (
-	labRouterASN = 64513
-	labNodeASN   = 64512
-)
-
-// bgpConfig is what a user applies for BGP mode: the first pool, advertised
-// by BGP to the router, with no L2Advertisement.
-var bgpConfig = fmt.Sprintf(`apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: first-pool
-  namespace: metallb-system
-spec:
-  addresses:
-  - 172.25.254.50-172.25.254.99
----
-apiVersion: metallb.io/v1beta1
-kind: BGPAdvertisement
-metadata:
-  name: example
-  namespace: metallb-system
-spec:
-  ipAddressPools:
-  - first-pool
----
-apiVersion: metallb.io/v1beta2
-kind: BGPPeer
-metadata:
-  name: tor
-  namespace: metallb-system
-spec:
-  myASN: %d
-  peerASN: %d
-  peerAddress: 172.25.254.1
-  connectTime: 1s
-`, labNodeASN, labRouterASN)
 
 // startFRR configures and starts FRR on the lab router with every node as
 // an eBGP neighbour and ECMP over them. Skips when FRR is not installed.
 func startFRR(t *testing.T, l *lab.Lab) *frrstate.Router {
 	t.Helper()
+	return startFRRWith(t, l, frrOptions{})
+}
+
+// frrOptions vary the lab router's BGP set-up.
+type frrOptions struct {
+	// asn is the router's ASN: manifests.RouterASN (eBGP with the nodes)
+	// when 0, manifests.NodeASN for iBGP, where local preference is
+	// carried.
+	asn uint32
+	// ipv6 adds a session with each node's IPv6 address for IPv6 routes.
+	ipv6 bool
+	// passwords turn on TCP MD5 for the sessions with these node addresses.
+	passwords map[netip.Addr]string
+}
+
+// startFRRWith is startFRR with the options: ECMP over the nodes for each
+// family, every connect retry after a second.
+func startFRRWith(t *testing.T, l *lab.Lab, o frrOptions) *frrstate.Router {
+	t.Helper()
 	if err := frrstate.Installed(); err != nil {
 		t.Skip(err)
 	}
-	var neighbours strings.Builder
-	for _, n := range l.Nodes {
-		fmt.Fprintf(&neighbours, " neighbor %s remote-as %d\n neighbor %s timers connect 1\n", n.IPv4, labNodeASN, n.IPv4)
+	cfg := frrstate.LabConfig(l, cmp.Or(o.asn, manifests.RouterASN), manifests.NodeASN, o.ipv6)
+	cfg.Passwords = o.passwords
+	return frrstate.StartLab(t, l, cfg)
+}
+
+// apply writes manifest to a file named name and applies it with kubectl,
+// as a user would.
+func (c *labCluster) apply(t *testing.T, name, manifest string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	// The router forwards client traffic back out of the interface it came
-	// in on; a redirect would send the client to a node directly.
-	if out, err := l.Router.Exec(context.Background(), "sysctl", "-w", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0"); err != nil {
-		t.Fatalf("disable redirects on the router: %v: %s", err, out)
-	}
-	return frrstate.Start(t, l.Router.Namespace, func(dir string) string {
-		return fmt.Sprintf(`hostname lab-router
-log file %s/bgpd.log
-router bgp %d
- bgp router-id %s
- no bgp ebgp-requires-policy
- bgp bestpath as-path multipath-relax
-%s address-family ipv4 unicast
-  maximum-paths 8
- exit-address-family
-`, dir, labRouterASN, l.Router.IPv4, neighbours.String())
+	c.kubectl(t, "apply", "-f", path)
+}
+
+// waitNextHops waits until the router routes prefix over the next hops
+// want (sorted), else fails the test showing the router's sessions.
+func waitNextHops(t *testing.T, f *frrstate.Router, prefix netip.Prefix, want []string) {
+	t.Helper()
+	out, ok := waitFor(2*time.Minute, func() (string, bool) {
+		hops, err := f.NextHops(prefix)
+		if err != nil {
+			return err.Error(), false
+		}
+		return fmt.Sprintf("next hops %v", hops), slices.Equal(hops, want)
 	})
+	if !ok {
+		summary, _ := f.Vtysh("show bgp summary")
+		t.Fatalf("want next hops %v for %s at the router, last: %s\n%s", want, prefix, out, summary)
+	}
 }
 
 // TestLabBGP: with a BGPPeer and a BGPAdvertisement for the first pool,
@@ -96,32 +89,11 @@ func TestLabBGP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	cfgPath := filepath.Join(t.TempDir(), "bgp.yaml")
-	if err := os.WriteFile(cfgPath, []byte(bgpConfig), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c.kubectl(t, "apply", "-f", cfgPath)
+	c.apply(t, "bgp.yaml", manifests.BGPFirstPool())
 	c.deployExampleService(t)
 
 	vip := netip.MustParseAddr("172.25.254.50")
 	prefix := netip.PrefixFrom(vip, 32)
-	waitHops := func(want []string) time.Duration {
-		t.Helper()
-		start := time.Now()
-		out, ok := waitFor(2*time.Minute, func() (string, bool) {
-			hops, err := f.NextHops(prefix)
-			if err != nil {
-				return err.Error(), false
-			}
-			return fmt.Sprintf("next hops %v", hops), slices.Equal(hops, want)
-		})
-		if !ok {
-			summary, _ := f.Vtysh("show bgp summary")
-			t.Fatalf("want next hops %v for %s at the router, last: %s\n%s", want, prefix, out, summary)
-		}
-		return time.Since(start)
-	}
-
 	speakers := map[string]*lab.Process{}
 	var all []string
 	started := time.Now()
@@ -130,7 +102,7 @@ func TestLabBGP(t *testing.T) {
 		all = append(all, n.IPv4.String())
 	}
 	slices.Sort(all)
-	waitHops(all)
+	waitNextHops(t, f, prefix, all)
 	t.Logf("bgp-first-route ms=%.0f (speakers started to %d next hops at FRR, session set-up included)", ms(time.Since(started)), len(all))
 
 	// The client's own segment holds the address, so it would ARP for it;
@@ -152,19 +124,42 @@ func TestLabBGP(t *testing.T) {
 		t.Log(out)
 	}
 
-	// A clean stop withdraws before the speaker exits: the router drops
-	// that next hop well before any hold time would expire.
-	gone := c.Nodes[0]
-	stopped := time.Now()
-	if err := speakers[gone.Name].Stop(30 * time.Second); err != nil {
+	// A clean stop withdraws at once: the router drops that next hop while
+	// the speaker still drains its forwarding, before it exits. The clock
+	// runs from SIGTERM to the route change in the router's kernel table
+	// (netlink), not to the exit, which waits for the drain.
+	kernel, err := frrstate.WatchKernel(f.Namespace)
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer kernel.Close()
+	gone := c.Nodes[0]
 	rest := slices.DeleteFunc(slices.Clone(all), func(h string) bool { return h == gone.IPv4.String() })
-	waitHops(rest)
-	if hold := 90 * time.Second; time.Since(stopped) >= hold {
-		t.Errorf("next hop of stopped %s left after %v, not at once", gone.Name, time.Since(stopped))
+	stopped := time.Now()
+	exited := make(chan error, 1)
+	go func() { exited <- speakers[gone.Name].Stop(30 * time.Second) }()
+	waitCtx, waitCancel := context.WithTimeout(ctx, time.Minute)
+	defer waitCancel()
+	withdrawn, err := kernel.Wait(waitCtx, prefix, func(hops []netip.Addr) bool {
+		got := make([]string, len(hops))
+		for i, h := range hops {
+			got[i] = h.String()
+		}
+		return slices.Equal(got, rest)
+	})
+	if err != nil {
+		t.Fatalf("next hops %v for %s at the router's kernel after stopping %s: %v", rest, prefix, gone.Name, err)
 	}
-	t.Logf("bgp-clean-stop-withdraw ms=%.0f (SIGTERM to %d next hops at FRR)", ms(time.Since(stopped)), len(rest))
+	if err := <-exited; err != nil {
+		t.Fatal(err)
+	}
+	took := withdrawn.Sub(stopped)
+	if hold := 90 * time.Second; took >= hold {
+		t.Errorf("next hop of stopped %s left after %v, not at once", gone.Name, took)
+	}
+	t.Logf("bgp-clean-stop-withdraw ms=%.0f exit_ms=%.0f (SIGTERM to %d next hops in the router's kernel table; to the speaker's exit)",
+		ms(took), ms(time.Since(stopped)), len(rest))
+	waitNextHops(t, f, prefix, rest)
 	if out, ok := waitFor(time.Minute, func() (string, bool) {
 		a, err := curl(ctx, c, vip)
 		if err != nil {

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -22,13 +24,45 @@ type answer struct {
 
 // curl fetches http://<vip>/ from the client as a user would, with curl.
 func curl(ctx context.Context, c *labCluster, vip netip.Addr) (answer, error) {
-	out, err := c.Client.Exec(ctx, "curl", "-s", "--max-time", "2", "http://"+vip.String()+"/")
+	return curlFrom(ctx, c.Client, vip)
+}
+
+// curlFrom fetches http://<vip>/ with curl from any host of the lab.
+func curlFrom(ctx context.Context, h *lab.Host, vip netip.Addr) (answer, error) {
+	out, err := h.Exec(ctx, "curl", "-s", "--max-time", "2", "http://"+vip.String()+"/")
 	if err != nil {
 		return answer{}, err
 	}
+	return parseAnswer(vip, out)
+}
+
+// request makes one HTTP request to vip from h with a short deadline, for
+// timing: curl's process start-up would blur the figure.
+func request(ctx context.Context, h *lab.Host, vip netip.Addr, timeout time.Duration) (answer, error) {
+	hc := &http.Client{
+		Timeout:   timeout,
+		Transport: &http.Transport{DialContext: h.Dial, DisableKeepAlives: true},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+vip.String()+"/", nil)
+	if err != nil {
+		return answer{}, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return answer{}, err
+	}
+	return parseAnswer(vip, string(body))
+}
+
+func parseAnswer(vip netip.Addr, out string) (answer, error) {
 	f := strings.Fields(out)
 	if len(f) != 2 {
-		return answer{}, fmt.Errorf("curl http://%s/: unexpected answer %q", vip, out)
+		return answer{}, fmt.Errorf("http://%s/: unexpected answer %q", vip, out)
 	}
 	from, _, _ := strings.Cut(f[1], ":")
 	return answer{pod: f[0], from: from}, nil
@@ -50,8 +84,10 @@ func forwardedBy(c *labCluster, from string) string {
 // Service's address carries its traffic to the pods: curl from the client
 // reaches all three pods in turn (rr); when the owner's speaker is killed,
 // the next owner carries the traffic (the time until the first answer
-// through it is logged as `l2-failover-curl ms=`); with sessionAffinity
-// ClientIP the client stays on one pod.
+// through it is logged as `l2-failover-curl ms=`); when the next owner's
+// speaker stops cleanly, the last node takes over and the stopped node's
+// forwarding table is gone; with sessionAffinity ClientIP the client stays
+// on one pod.
 func TestLabForwarder(t *testing.T) {
 	c := startLabCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -157,6 +193,45 @@ func TestLabForwarder(t *testing.T) {
 	t.Logf("killed the speaker of %s; %s carried the traffic after %v", owner, next, outage)
 	t.Logf("l2-failover-curl ms=%.1f from=%s to=%s", ms(outage), owner, next)
 
+	// A clean stop: the speaker leaves, keeps forwarding what still arrives
+	// while the address moves, then takes its node's forwarding table away.
+	last := nextOwner(vip, slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == owner }), next)
+	stopped := make(chan error, 1)
+	start = time.Now()
+	go func() { stopped <- speakers[next].Stop(30 * time.Second) }()
+	failed := 0
+	for {
+		a, err := curl(ctx, c, vip)
+		if err != nil {
+			failed++
+		}
+		if err == nil && forwardedBy(c, a.from) == last {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatalf("a minute after the speaker of %s was stopped, requests are not forwarded by %s: last %+v %v\n%s", next, last, a, err, c.Logs())
+		}
+	}
+	t.Logf("stopped the speaker of %s; %s carried the traffic after %v, %d requests failed meanwhile", next, last, time.Since(start), failed)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if n.Name != next {
+			continue
+		}
+		out, err := n.Exec(ctx, "nft", "list", "tables")
+		if err != nil {
+			t.Fatalf("nft list tables on %s: %v", n.Name, err)
+		}
+		if strings.Contains(out, "inet ironlb") {
+			t.Errorf("after a clean stop %s still holds its forwarding table:\n%s", n.Name, out)
+		}
+		if log := speakers[next].Log(); !strings.Contains(log, "removed the forwarding state") {
+			t.Errorf("the stopped speaker of %s did not log removing its forwarding state:\n%s", n.Name, log)
+		}
+	}
+
 	// ClientIP affinity: once the speaker has applied it, the client
 	// stays on one pod.
 	c.kubectl(t, "patch", "svc", "dhj-service", "--type=merge", "-p", `{"spec":{"sessionAffinity":"ClientIP"}}`)
@@ -177,4 +252,58 @@ func TestLabForwarder(t *testing.T) {
 	} else {
 		t.Log(out)
 	}
+}
+
+// TestLabForwarderNodeSide: a pod reaches its own Service through the
+// service address, also when the forwarder sends the request back to the
+// very pod that made it (hairpin) on the owner node, and from a pod of
+// another node, whose request goes out through the router to the owner.
+// Then another program deletes the owner's forwarding table: the speaker
+// puts it back by itself within its resync period, with nothing changed in
+// the cluster.
+func TestLabForwarderNodeSide(t *testing.T) {
+	c := startLabCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c.kubectl(t, "apply", "-f", examplePath(t, "01-l2-first-pool.yaml"))
+	c.deployExampleService(t)
+	vip := netip.MustParseAddr("172.25.254.50")
+	var names []string
+	for _, n := range c.Nodes {
+		startSpeaker(t, c.env.Kubeconfig, n, "--resync-period=2s")
+		names = append(names, n.Name)
+	}
+	owner, _ := election.Winner(vip, names)
+	other := c.Node(nextOwner(vip, names, owner))
+	for _, n := range []*lab.Node{c.Node(owner), other} {
+		// Round robin over three pods: within a dozen requests the pod
+		// asking is also the pod answering.
+		out, ok := waitFor(time.Minute, func() (string, bool) {
+			var served []string
+			for range 12 {
+				a, err := curlFrom(ctx, n.Pod, vip)
+				if err != nil {
+					return fmt.Sprintf("curl from %s through %s: %v (answers so far %v)", n.Pod.Name, vip, err, served), false
+				}
+				served = append(served, a.pod)
+			}
+			return fmt.Sprintf("pods answering %s through %s: %v", n.Pod.Name, vip, served), slices.Contains(served, n.Pod.Name)
+		})
+		if !ok {
+			t.Fatalf("%s\n%s", out, c.Logs())
+		}
+		t.Log(out)
+	}
+
+	if out, err := c.Node(owner).Exec(ctx, "nft", "delete", "table", "inet", "ironlb"); err != nil {
+		t.Fatalf("nft delete table inet ironlb on %s: %v: %s", owner, err, out)
+	}
+	deleted := time.Now()
+	if out, ok := waitFor(time.Minute, func() (string, bool) {
+		a, err := curl(ctx, c, vip)
+		return fmt.Sprintf("curl through %s after the table was deleted on %s: %+v %v", vip, owner, a, err), err == nil && forwardedBy(c, a.from) == owner
+	}); !ok {
+		t.Fatalf("%s\n%s", out, c.Logs())
+	}
+	t.Logf("forwarding table deleted on %s; curl answered through it again after %v", owner, time.Since(deleted).Round(time.Millisecond))
 }

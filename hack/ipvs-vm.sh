@@ -24,7 +24,7 @@ fi
 # What IPVS NAT, the lab and the masquerade rules need beyond what Debian
 # builds in; modprobe pulls in the rest of each one's dependencies.
 MODULES="crc32c_generic libcrc32c nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack
-nf_nat nfnetlink nf_tables nft_chain_nat nft_masq nft_nat nft_numgen nft_hash
+nf_conntrack_netlink nf_nat nfnetlink nf_tables nft_chain_nat nft_masq nft_nat nft_numgen nft_hash
 ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_dh ip_vs_sed
 ip_vs_nq ip_vs_mh dummy veth"
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/go-logr/logr"
 
@@ -13,6 +14,11 @@ import (
 // responders adapts speaker/layer2 to Announcer.
 type responders struct {
 	responders *layer2.Responders
+
+	mu sync.Mutex
+	// seen is the membership the last announcements were computed from;
+	// nil before the first.
+	seen []string
 }
 
 func newResponders(o Options, log logr.Logger) *responders {
@@ -49,3 +55,35 @@ func (a *responders) Owned() map[string][]netip.Addr { return a.responders.Owned
 
 // Stats are the responders' packet counters.
 func (a *responders) Stats() layer2.Stats { return a.responders.Stats() }
+
+// membershipObserver is implemented by announcers that act on membership
+// changes themselves (re-announcing after a heal); the reconciler tells them
+// the view each Sync was computed from, right after that Sync.
+type membershipObserver interface {
+	membersSeen(alive []string)
+}
+
+// membersSeen is told the membership view the announcements just synced
+// were computed from. When a member appears that was not in the previous
+// view (a healed partition, a node whose link or speaker came back), every
+// address this node still owns is announced again: while the two sides
+// could not hear each other the other side may have won and announced
+// some of them, and neighbours that followed it would otherwise keep
+// sending to a node that has gone silent until their entries go stale
+// (seconds to minutes). A fresh member costs a few redundant gratuitous
+// frames per address.
+func (a *responders) membersSeen(alive []string) {
+	a.mu.Lock()
+	prev := a.seen
+	a.seen = slices.Clone(alive)
+	a.mu.Unlock()
+	if prev == nil {
+		return
+	}
+	for _, n := range alive {
+		if !slices.Contains(prev, n) {
+			a.responders.Reannounce()
+			return
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +21,16 @@ import (
 // ReasonBGPPeerProblem is the Warning Event on a BGPPeer with a setting this
 // node's speaker cannot honour.
 const ReasonBGPPeerProblem = "BGPPeerProblem"
+
+// ReasonBGPSessionDown is the Warning Event on a BGPPeer whose session from
+// this node stays down, with the last reason (a refused or unanswered
+// connection, a NOTIFICATION from the router).
+const ReasonBGPSessionDown = "BGPSessionDown"
+
+// sessionCheckInterval is how often the sessions are looked at for
+// BGPSessionDown. A session must be down at two checks in a row to be told,
+// so one that is merely coming up is not.
+const sessionCheckInterval = 5 * time.Second
 
 // errBGPNotStarted is returned by sync before the manager has started the
 // BGP mode; the reconcile is retried.
@@ -43,11 +54,32 @@ type bgpMode struct {
 	// speaker is nil while no peer selects this node.
 	speaker  *bgp.Speaker
 	routerID netip.Addr
-	stop     context.CancelFunc
-	done     chan struct{}
+	// stopped is set once the manager stops: a late reconcile must not
+	// bring up a new speaker that would advertise again.
+	stopped bool
+	// last is what the last sync advertised; a sync after the stop returns
+	// it, so the forwarder keeps carrying the traffic still in flight.
+	last []Announcement
+	stop context.CancelFunc
+	done chan struct{}
 	// told holds the peer problems already sent as Events, so a reconcile
 	// repeats none; one that goes away and comes back is told again.
 	told map[string]bool
+	// assigned are the services advertised after the last sync, to tell
+	// users (nodeAssigned) when one starts.
+	assigned map[string][]string
+	// status writes ServiceBGPStatus; nil in tests without one.
+	status *statusWriter
+	// state takes the peer problems for this node's ConfigurationState;
+	// nil in tests without one.
+	state *configState
+	// peerNS is the namespace of each BGPPeer of the last sync, by name.
+	peerNS map[string]string
+
+	// Owned by Start's goroutine: sessions seen down at the last check, and
+	// those told as BGPSessionDown with the reason told.
+	seenDown map[string]bool
+	toldDown map[string]string
 }
 
 func newBGPMode(node string, c client.Reader, recorder events.EventRecorder, log logr.Logger) *bgpMode {
@@ -59,19 +91,79 @@ func newBGPMode(node string, c client.Reader, recorder events.EventRecorder, log
 func (b *bgpMode) Start(ctx context.Context) error {
 	b.ctx = ctx
 	close(b.started)
-	<-ctx.Done()
+	tick := time.NewTicker(sessionCheckInterval)
+	defer tick.Stop()
+	for stopping := false; !stopping; {
+		select {
+		case <-tick.C:
+			b.tellSessions(ctx)
+		case <-ctx.Done():
+			stopping = true
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.stopped = true
 	b.stopSpeakerLocked()
 	return nil
 }
+
+// tellSessions sends BGPSessionDown for each session that has been down
+// since the last check, once per reason; a session that comes back up is
+// told again when it next fails.
+func (b *bgpMode) tellSessions(ctx context.Context) {
+	b.mu.Lock()
+	s, namespaces := b.speaker, b.peerNS
+	b.mu.Unlock()
+	var states []bgp.PeerState
+	if s != nil {
+		var err error
+		if states, err = s.PeerStates(ctx); err != nil {
+			b.log.Error(err, "read bgp sessions")
+			return
+		}
+	}
+	seen, told := map[string]bool{}, map[string]string{}
+	for _, st := range states {
+		// Peers left unconfigured are BGPPeerProblem's business.
+		if st.Up || st.LastError == "" || !st.Address.IsValid() {
+			continue
+		}
+		seen[st.Name] = true
+		if !b.seenDown[st.Name] {
+			continue
+		}
+		told[st.Name] = st.LastError
+		if b.toldDown[st.Name] == st.LastError {
+			continue
+		}
+		var peer v1beta2.BGPPeer
+		if err := b.client.Get(ctx, client.ObjectKey{Namespace: namespaces[st.Name], Name: st.Name}, &peer); err != nil {
+			b.log.Error(err, "read bgp peer for an event", "peer", st.Name)
+			delete(told, st.Name) // tell it next time
+			continue
+		}
+		b.log.Info("bgp session down", "peer", st.Name, "state", st.State, "reason", st.LastError)
+		b.recorder.Eventf(&peer, nil, corev1.EventTypeWarning, ReasonBGPSessionDown, "Connect",
+			"node %q: session with %v is down (%s): %s", b.node, st.Address, st.State, st.LastError)
+	}
+	b.seenDown, b.toldDown = seen, told
+}
+
+// NeedLeaderElection puts the BGP mode in the manager's first stop group,
+// with memberlist and the forwarder, instead of after them: a clean stop
+// then withdraws the routes at once, while the forwarder's drain keeps
+// carrying what the router still sends until it has moved the traffic.
+func (b *bgpMode) NeedLeaderElection() bool { return false }
 
 func (b *bgpMode) stopSpeakerLocked() {
 	if b.speaker == nil {
 		return
 	}
+	start := time.Now()
 	b.stop()
 	<-b.done
+	b.log.Info("bgp speaker stopped: paths withdrawn, sessions closed", "took", time.Since(start))
 	b.speaker, b.stop, b.done, b.routerID = nil, nil, nil, netip.Addr{}
 }
 
@@ -90,6 +182,13 @@ func (b *bgpMode) sync(ctx context.Context, in Inputs) ([]Announcement, error) {
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.stopped {
+		return b.last, nil
+	}
+	b.peerNS = make(map[string]string, len(in.Config.Peers))
+	for _, p := range in.Config.Peers {
+		b.peerNS[p.Name] = p.Namespace
+	}
 	var routerID netip.Addr
 	if len(peers) > 0 {
 		// DesiredPeers gives every session the node's one router ID.
@@ -117,7 +216,38 @@ func (b *bgpMode) sync(ctx context.Context, in Inputs) ([]Announcement, error) {
 		paths = nil
 	}
 	b.reportLocked(ctx, in, peerErrs)
-	return advertised(svcs, paths), errors.Join(errs...)
+	b.tellAssignedLocked(in, advertisedPeers(svcs, paths))
+	b.last = advertised(svcs, paths)
+	return b.last, errors.Join(errs...)
+}
+
+// tellAssignedLocked logs the services this node started and stopped
+// advertising, records nodeAssigned on each it started, and hands the peers
+// per service to the ServiceBGPStatus writer.
+func (b *bgpMode) tellAssignedLocked(in Inputs, now map[string][]string) {
+	log := b.log
+	for svcKey := range b.assigned {
+		if _, ok := now[svcKey]; !ok {
+			log.Info("stopped advertising", "service", svcKey)
+		}
+	}
+	for svcKey, peers := range now {
+		if _, ok := b.assigned[svcKey]; ok {
+			continue
+		}
+		log.Info("advertising", "service", svcKey, "peer", peers)
+		for i := range in.Services {
+			if in.Services[i].Namespace+"/"+in.Services[i].Name == svcKey {
+				b.recorder.Eventf(&in.Services[i], nil, corev1.EventTypeNormal, ReasonNodeAssigned, "Announce",
+					"announcing from node %q with protocol %q", b.node, "bgp")
+				break
+			}
+		}
+	}
+	b.assigned = now
+	if b.status != nil {
+		b.status.setBGP(now, in.Alive)
+	}
 }
 
 func (b *bgpMode) startSpeakerLocked(routerID netip.Addr) error {
@@ -138,9 +268,17 @@ func (b *bgpMode) startSpeakerLocked(routerID netip.Addr) error {
 	return nil
 }
 
-// reportLocked sends each peer problem not told before as a Warning Event
-// on its BGPPeer; problems not tied to one peer are logged.
+// reportLocked puts the peer problems in this node's ConfigurationState and
+// sends each not told before as a Warning Event on its BGPPeer; problems not
+// tied to one peer are logged.
 func (b *bgpMode) reportLocked(ctx context.Context, in Inputs, errs []error) {
+	if b.state != nil {
+		msgs := make([]string, len(errs))
+		for i, err := range errs {
+			msgs[i] = err.Error()
+		}
+		b.state.set("bgp", msgs)
+	}
 	now := map[string]bool{}
 	for _, err := range errs {
 		msg := err.Error()

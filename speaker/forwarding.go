@@ -2,9 +2,11 @@ package speaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +32,18 @@ type forwarding struct {
 	node     string
 	recorder events.EventRecorder
 
+	// drain is how long a stopping speaker keeps forwarding before it
+	// removes what it installed (see Start).
+	drain time.Duration
+	log   logr.Logger
+
+	// run serialises syncs with the stop; stopped freezes the table.
+	// carried is how many virtual services the last sync handed over:
+	// with none there is nothing to drain.
+	run     sync.Mutex
+	stopped bool
+	carried int
+
 	mu sync.Mutex
 	// told holds, per service, the problem messages already sent as
 	// Events, so a reconcile repeats none; a message that goes away and
@@ -41,7 +55,7 @@ type forwarding struct {
 // network namespace. mode "" means off. It returns the backend chosen (for
 // the metric) and logs the choice and its reason once.
 func newForwarding(mode string, node string, recorder events.EventRecorder, log logr.Logger) (*forwarding, forwarder.Mode, error) {
-	f := &forwarding{node: node, recorder: recorder, told: map[string]map[string]bool{}}
+	f := &forwarding{node: node, recorder: recorder, told: map[string]map[string]bool{}, drain: defaultDrain, log: log.WithName("forwarder")}
 	if mode == "" {
 		mode = string(forwarder.ModeOff)
 	}
@@ -74,6 +88,11 @@ func (f *forwarding) sync(ctx context.Context, in Inputs, announce []Announcemen
 	if f == nil || f.table == nil {
 		return nil
 	}
+	f.run.Lock()
+	defer f.run.Unlock()
+	if f.stopped {
+		return nil
+	}
 	announced := make(map[netip.Addr]bool, len(announce))
 	carried := map[string]bool{}
 	for _, a := range announce {
@@ -88,9 +107,60 @@ func (f *forwarding) sync(ctx context.Context, in Inputs, announce []Announcemen
 	}
 	vs, problems := forwarder.Expand(forwarder.ExpandInput{Node: f.node, Services: svcs, Slices: in.Slices, Announced: announced})
 	f.report(svcs, problems)
+	f.carried = len(vs)
 	if err := f.table.Sync(ctx, vs); err != nil {
 		return fmt.Errorf("forward %d virtual services: %w", len(vs), err)
 	}
+	return nil
+}
+
+// defaultDrain covers a layer-2 hand-over after a clean stop: the leave
+// reaches the other speakers at once, and the new owner's gratuitous ARP
+// redirects clients within a few hundred milliseconds; until then clients
+// still send here. It stays well inside the speaker's termination grace
+// period (10 s).
+const defaultDrain = 3 * time.Second
+
+// Start implements manager.Runnable: it waits for the speaker to stop, then
+// takes back what the forwarder installed. First the table is frozen and
+// kept for the drain period, so traffic that still arrives while another
+// node takes the addresses over is carried, and connections through this
+// node get their last packets through; then the backend removes its rules,
+// services and bound addresses, unless a successor changed them meanwhile
+// (forwarder.ErrChangedSinceSync), in which case they are the successor's
+// and stay. A speaker that dies without stopping leaves everything in
+// place; the next speaker on the node takes it over by reading the kernel.
+func (f *forwarding) Start(ctx context.Context) error {
+	if f == nil || f.table == nil {
+		return nil
+	}
+	<-ctx.Done()
+	f.run.Lock()
+	f.stopped = true
+	carried := f.carried
+	f.run.Unlock()
+	c, ok := f.table.(forwarder.Cleaner)
+	if !ok {
+		return nil
+	}
+	if f.drain > 0 && carried > 0 {
+		f.log.Info("stopping: forwarding continues while the addresses move", "drain", f.drain)
+		time.Sleep(f.drain)
+	}
+	f.run.Lock()
+	defer f.run.Unlock()
+	// The manager's context is done; cleanup gets its own deadline.
+	cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.Cleanup(cctx)
+	switch {
+	case errors.Is(err, forwarder.ErrChangedSinceSync):
+		f.log.Info("left the forwarding state in place: another program changed it since the last sync", "reason", err.Error())
+		return nil
+	case err != nil:
+		return fmt.Errorf("remove forwarding state: %w", err)
+	}
+	f.log.Info("removed the forwarding state")
 	return nil
 }
 

@@ -2,6 +2,8 @@ package speaker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -90,5 +92,54 @@ func TestForwardingOffDoesNothing(t *testing.T) {
 	}
 	if err := f.sync(context.Background(), Inputs{}, []Announcement{{Service: "default/x", Addr: netip.MustParseAddr("172.25.254.50")}}); err != nil {
 		t.Errorf("sync with the forwarder off: %v", err)
+	}
+}
+
+// cleaningTable is a fakeTable that can also clean up.
+type cleaningTable struct {
+	fakeTable
+	cleanups int
+	err      error
+}
+
+func (c *cleaningTable) Cleanup(context.Context) error {
+	c.cleanups++
+	return c.err
+}
+
+// A stopping speaker takes the forwarding state back once, syncs nothing
+// after that, and reports only real failures.
+func TestForwardingStopCleansUp(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		cleanupErr error
+		wantErr    bool
+	}{
+		{name: "removed"},
+		{name: "successor took over", cleanupErr: fmt.Errorf("table: %w", forwarder.ErrChangedSinceSync)},
+		{name: "kernel refused", cleanupErr: errors.New("netlink: permission denied"), wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			table := &cleaningTable{err: tc.cleanupErr}
+			f := &forwarding{table: table, node: "node1", recorder: events.NewFakeRecorder(10), told: map[string]map[string]bool{}, log: logr.Discard()}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- f.Start(ctx) }()
+			in := Inputs{Node: "node1", Services: []corev1.Service{fwdService("mine", "172.25.254.50", "")}, Slices: []discoveryv1.EndpointSlice{fwdSlice("mine", "10.244.1.10")}}
+			announce := []Announcement{{Service: "default/mine", Addr: netip.MustParseAddr("172.25.254.50")}}
+			if err := f.sync(ctx, in, announce); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			cancel()
+			if err := <-done; (err != nil) != tc.wantErr {
+				t.Errorf("Start() = %v, want error: %v", err, tc.wantErr)
+			}
+			if err := f.sync(context.Background(), in, announce); err != nil {
+				t.Errorf("sync after stop: %v", err)
+			}
+			if got := []int{len(table.got), table.cleanups}; !cmp.Equal(got, []int{1, 1}) {
+				t.Errorf("syncs, cleanups = %v, want one sync before the stop and one cleanup", got)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -139,9 +140,7 @@ type l2status struct {
 func statuses(t *testing.T, c client.Client) []l2status {
 	t.Helper()
 	var list v1beta1.ServiceL2StatusList
-	if err := c.List(context.Background(), &list, client.InNamespace("metallb-system")); err != nil {
-		t.Fatalf("list ServiceL2Status: %v", err)
-	}
+	listSystem(t, c, &list)
 	var out []l2status
 	for _, st := range list.Items {
 		out = append(out, l2status{Labels: st.Labels, Status: st.Status})
@@ -158,6 +157,51 @@ func wantStatus(node string, ifaces ...string) l2status {
 		st.Status.Interfaces = append(st.Status.Interfaces, v1beta1.InterfaceInfo{Name: i})
 	}
 	return st
+}
+
+// listSystem lists the objects of a kind in metallb-system.
+func listSystem(t *testing.T, c client.Client, list client.ObjectList) {
+	t.Helper()
+	if err := c.List(context.Background(), list, client.InNamespace("metallb-system")); err != nil {
+		t.Fatalf("list %T: %v", list, err)
+	}
+}
+
+// setUpBGPNode creates the metallb-system namespace and node n1 at
+// 127.0.0.1, and returns a port there where nothing listens: a peer on it
+// is configured but its session never comes up.
+func setUpBGPNode(t *testing.T, c client.Client) (closedPort uint16) {
+	t.Helper()
+	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "metallb-system"}})
+	n1 := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"kubernetes.io/hostname": "n1"}}}
+	mustCreate(t, c, n1)
+	n1.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}}
+	if err := c.Status().Update(context.Background(), n1); err != nil {
+		t.Fatalf("set node address: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+// eventNotes are the notes of the Events in namespace with reason about
+// the object named regarding, of type eventType unless it is empty, as
+// `kubectl get events` shows them.
+func eventNotes(ctx context.Context, c client.Client, namespace, eventType, reason, regarding string) ([]string, error) {
+	var evs eventsv1.EventList
+	if err := c.List(ctx, &evs, client.InNamespace(namespace)); err != nil {
+		return nil, err
+	}
+	var notes []string
+	for _, e := range evs.Items {
+		if e.Reason == reason && e.Regarding.Name == regarding && (eventType == "" || e.Type == eventType) {
+			notes = append(notes, e.Note)
+		}
+	}
+	return notes, nil
 }
 
 func mustCreate(t *testing.T, c client.Client, objs ...client.Object) {
@@ -240,15 +284,9 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 		return cmp.Diff([]l2status{wantStatus(owner, "eth0")}, statuses(t, c))
 	})
 	eventually(t, "nodeAssigned event", func() string {
-		var evs eventsv1.EventList
-		if err := c.List(ctx, &evs, client.InNamespace("default")); err != nil {
+		notes, err := eventNotes(ctx, c, "default", "", ReasonNodeAssigned, "web")
+		if err != nil {
 			return err.Error()
-		}
-		var notes []string
-		for _, e := range evs.Items {
-			if e.Reason == ReasonNodeAssigned && e.Regarding.Name == "web" {
-				notes = append(notes, e.Note)
-			}
 		}
 		return cmp.Diff([]string{`announcing from node "` + owner + `" with protocol "layer2"`}, notes)
 	})

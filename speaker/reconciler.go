@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -44,6 +45,8 @@ const ReasonNodeAssigned = "nodeAssigned"
 // +kubebuilder:rbac:groups=metallb.io,resources=ipaddresspools;l2advertisements;bgpadvertisements;communities;bfdprofiles;bgppeers,verbs=get;list;watch
 // +kubebuilder:rbac:groups=metallb.io,resources=servicel2statuses,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=metallb.io,resources=servicel2statuses/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=metallb.io,resources=servicebgpstatuses,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=metallb.io,resources=servicebgpstatuses/status,verbs=get;update;patch
 
 // Announcer answers for the given addresses and for no others; each call
 // carries the complete set.
@@ -70,6 +73,9 @@ type reconciler struct {
 	joined  <-chan struct{}
 	metrics *metricSet
 	status  *statusWriter
+	// resync, when set, brings the next Reconcile at the latest this long
+	// after the last one.
+	resync time.Duration
 
 	mu sync.Mutex
 	// announced is the addresses given to the announcer by the last
@@ -136,15 +142,27 @@ func (nodeChanged) Update(e event.UpdateEvent) bool {
 // memberlist view, hands them to the forwarder and the announcer, then reports them through
 // Events, metrics and (asynchronously) ServiceL2Status objects.
 func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	joined := true
 	select {
 	case <-r.joined:
 	default:
+		joined = false
+	}
+	if !joined && r.bgp == nil {
 		// Not announcing before the first join; it enqueues us when over.
 		return reconcile.Result{}, nil
 	}
 	in, err := r.inputs(ctx)
 	if err != nil {
 		return reconcile.Result{}, err
+	}
+	if !joined {
+		// BGP needs no election, so it advertises at once; layer 2 waits
+		// for the first join. The membership view is incomplete until then,
+		// so nothing may judge other nodes by it.
+		in.Alive = nil
+		bgpAdvertised, bgpErr := r.bgp.sync(ctx, in)
+		return reconcile.Result{RequeueAfter: r.resync}, errors.Join(r.forwarder.sync(ctx, in, bgpAdvertised), bgpErr)
 	}
 	desired := Desired(in)
 	ctrl.LoggerFrom(ctx).V(1).Info("computed announcements", "members", in.Alive, "announce", len(desired))
@@ -163,13 +181,16 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	if err := r.announcer.Sync(ctx, desired); err != nil {
 		return reconcile.Result{}, fmt.Errorf("announce %d addresses: %w", len(desired), err)
 	}
+	if o, ok := r.announcer.(membershipObserver); ok {
+		o.membersSeen(in.Alive)
+	}
 	bySvc := groupByService(desired)
 	r.tellTakeovers(ctx, in.Services, bySvc)
 	r.metrics.observe(desired, len(in.Alive))
 	// Status goes to the API on its own queue: a slow or unreachable API
 	// server must not hold up the next failover.
 	r.status.set(bySvc, in.Alive)
-	return reconcile.Result{}, errors.Join(fwdErr, bgpErr)
+	return reconcile.Result{RequeueAfter: r.resync}, errors.Join(fwdErr, bgpErr)
 }
 
 // inputs reads everything Desired needs.

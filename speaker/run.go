@@ -80,6 +80,11 @@ type Options struct {
 	// Resolve); empty means off, so that tests and embedders never program
 	// the kernel unasked. The flag defaults to auto.
 	Forwarder string
+	// ResyncPeriod is how often the whole state is applied again without
+	// any change in the cluster, so that what another program altered in
+	// the kernel (forwarding tables, bound addresses) is put back; 0 means
+	// only on changes.
+	ResyncPeriod time.Duration
 
 	zap zap.Options
 }
@@ -113,6 +118,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.StringVar(&o.Forwarder, "forwarder", string(forwarder.ModeAuto), "carry service traffic to the endpoints: auto (IPVS when the kernel has it, else nftables), ipvs, nftables, or off (leave it to kube-proxy; then run the controller with --ip-mode=VIP)")
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", 30*time.Second, "how often the speaker applies its whole state again even when nothing changed, repairing forwarding rules and addresses another program altered (as kube-proxy's sync period); 0 disables")
 	o.zap.BindFlags(fs)
 }
 
@@ -176,7 +182,7 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 		// Every speaker acts for its own node: no leader election.
 		LeaderElection: false,
 		Controller:     config.Controller{SkipNameValidation: &d.SharedProcess},
-		Cache:          cache.Options{ByObject: controllers.CacheByObject(o.Namespace, &v1beta1.ServiceL2Status{})},
+		Cache:          cache.Options{ByObject: controllers.CacheByObject(o.Namespace, &v1beta1.ServiceL2Status{}, &v1beta1.ServiceBGPStatus{}, &v1beta1.ConfigurationState{})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
@@ -222,12 +228,24 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 		return nil, err
 	}
 	m.forwarderBackend.WithLabelValues(string(backend)).Set(1)
+	// In the manager's default group, stopped together with memberlist and
+	// the responders: the drain runs while the addresses move away.
+	if err := mgr.Add(fwd); err != nil {
+		return nil, err
+	}
 	j := &joiner{client: mgr.GetClient(), members: d.Members, node: o.NodeName, port: o.MemberlistPort, every: o.RejoinInterval, log: log, joined: make(chan struct{})}
 	if err := mgr.Add(j); err != nil {
 		return nil, err
 	}
 	bgpm := newBGPMode(o.NodeName, mgr.GetClient(), mgr.GetEventRecorder(eventSource), log)
 	if err := mgr.Add(bgpm); err != nil {
+		return nil, err
+	}
+	if err := registerBGPMetrics(metrics.Registry, bgpm); err != nil {
+		return nil, err
+	}
+	bgpm.state = newConfigState(mgr.GetClient(), o.Namespace, o.NodeName, log)
+	if err := mgr.Add(bgpm.state); err != nil {
 		return nil, err
 	}
 	r := &reconciler{
@@ -243,7 +261,9 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 		joined:    j.joined,
 		metrics:   m,
 		status:    &statusWriter{client: mgr.GetClient(), node: o.NodeName, namespace: o.Namespace, announcer: d.Announcer},
+		resync:    o.ResyncPeriod,
 	}
+	bgpm.status = r.status
 	if err := r.setupWithManager(mgr); err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -45,9 +44,15 @@ type interfaceReporter interface {
 // node: readable, and unique thanks to a hash of all three names (the
 // readable part alone is ambiguous and may be truncated).
 func StatusName(namespace, service, node string) string {
+	return statusName("l2-", namespace, service, node)
+}
+
+// statusName names a status object of a kind by its prefix; the hash
+// leaves the prefix out, as the kinds never share objects.
+func statusName(prefix, namespace, service, node string) string {
 	sum := sha256.Sum256([]byte(namespace + "/" + service + "/" + node))
 	suffix := hex.EncodeToString(sum[:5])
-	base := "l2-" + service + "-" + node
+	base := prefix + service + "-" + node
 	const maxBase = 253 - 1 - 10
 	if len(base) > maxBase {
 		base = base[:maxBase]
@@ -69,24 +74,32 @@ type statusWriter struct {
 	pending bool
 	bySvc   map[string][]Announcement
 	alive   []string
+	// The BGP side (bgpstatus.go): peers per service, set apart from the
+	// layer-2 announcements since BGP does not wait for the first join.
+	bgpPending bool
+	bgpPeers   map[string][]string
+	bgpAlive   []string
 }
 
 var statusKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "servicel2status"}}
 
 func (w *statusWriter) setupWithManager(mgr ctrl.Manager) error {
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{statusKey}
+	})
+	ours := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+		// Only ours: removing a dead node's objects must not wake its
+		// speaker (if it is merely cut off) into a fight over them.
+		return o.GetLabels()[LabelNode] == w.node
+	}))
 	return ctrl.NewControllerManagedBy(mgr).Named("servicel2status").
-		Watches(&v1beta1.ServiceL2Status{}, handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
-			return []reconcile.Request{statusKey}
-		}), builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
-			// Only ours: removing a dead node's objects must not wake its
-			// speaker (if it is merely cut off) into a fight over them.
-			return o.GetLabels()[LabelNode] == w.node
-		}))).
+		Watches(&v1beta1.ServiceL2Status{}, one, ours).
+		Watches(&v1beta1.ServiceBGPStatus{}, one, ours).
 		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			w.queue = q
-			if w.pending {
+			if w.pending || w.bgpPending {
 				q.Add(statusKey)
 			}
 			return nil
@@ -108,13 +121,18 @@ func (w *statusWriter) set(bySvc map[string][]Announcement, alive []string) {
 func (w *statusWriter) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	w.mu.Lock()
 	bySvc, alive, ready := w.bySvc, w.alive, w.pending
+	bgpPeers, bgpAlive, bgpReady := w.bgpPeers, w.bgpAlive, w.bgpPending
 	w.mu.Unlock()
-	if !ready {
-		// Nothing announced yet: do not judge existing objects before the
-		// first election.
-		return reconcile.Result{}, nil
+	var errs []error
+	if bgpReady {
+		errs = append(errs, w.syncBGP(ctx, bgpPeers, bgpAlive))
 	}
-	return reconcile.Result{}, w.sync(ctx, bySvc, alive)
+	// Nothing announced yet: do not judge existing objects before the
+	// first election.
+	if ready {
+		errs = append(errs, w.sync(ctx, bySvc, alive))
+	}
+	return reconcile.Result{}, errors.Join(errs...)
 }
 
 // sync makes the ServiceL2Status objects of this node describe the Services
@@ -125,73 +143,119 @@ func (w *statusWriter) sync(ctx context.Context, bySvc map[string][]Announcement
 	want := map[string]v1beta1.ServiceL2StatusStatus{}
 	for svcKey, as := range bySvc {
 		ns, name, _ := strings.Cut(svcKey, "/")
-		want[StatusName(ns, name, w.node)] = v1beta1.ServiceL2StatusStatus{
-			Node: w.node, ServiceName: name, ServiceNamespace: ns, Interfaces: w.interfaces(as),
-		}
+		want[svcKey] = v1beta1.ServiceL2StatusStatus{Node: w.node, ServiceName: name, ServiceNamespace: ns, Interfaces: w.interfaces(as)}
 	}
-	janitor := len(alive) > 0 && slices.Min(alive) == w.node
+	return syncStatuses(ctx, w, statusKind[v1beta1.ServiceL2Status, *v1beta1.ServiceL2Status, v1beta1.ServiceL2StatusStatus]{
+		kind: "ServiceL2Status",
+		name: StatusName,
+		list: func(ctx context.Context) ([]v1beta1.ServiceL2Status, error) {
+			var list v1beta1.ServiceL2StatusList
+			err := w.client.List(ctx, &list, client.InNamespace(w.namespace))
+			return list.Items, err
+		},
+		status: func(st *v1beta1.ServiceL2Status) *v1beta1.ServiceL2StatusStatus { return &st.Status },
+		equal:  equalStatus,
+	}, want, alive)
+}
 
-	var list v1beta1.ServiceL2StatusList
-	if err := w.client.List(ctx, &list, client.InNamespace(w.namespace)); err != nil {
-		return fmt.Errorf("list ServiceL2Status: %w", err)
+// statusKind is what syncStatuses needs to know of one kind of status
+// object: T, whose pointer O is the client.Object, with a status S.
+type statusKind[T any, O interface {
+	*T
+	client.Object
+}, S any] struct {
+	// kind names the objects in errors.
+	kind string
+	// name names the object of a Service announced from a node.
+	name func(namespace, service, node string) string
+	// list lists the objects of this writer's namespace.
+	list func(ctx context.Context) ([]T, error)
+	// status is where an object holds its status.
+	status func(O) *S
+	equal  func(a, b S) bool
+}
+
+// syncStatuses makes this node's objects of a kind hold want, a status per
+// Service ("namespace/name"): it creates the missing ones, updates the
+// changed ones and deletes those of Services no longer in want. The
+// janitor among alive also deletes the objects of nodes not in alive.
+// Every kind shares these rules, so that users read all alike.
+func syncStatuses[T any, O interface {
+	*T
+	client.Object
+}, S any](ctx context.Context, w *statusWriter, k statusKind[T, O, S], want map[string]S, alive []string) error {
+	missing := make(map[string]string, len(want)) // object name: Service, until listed
+	for svcKey := range want {
+		ns, name, _ := strings.Cut(svcKey, "/")
+		missing[k.name(ns, name, w.node)] = svcKey
+	}
+	janitor := w.janitor(alive)
+
+	items, err := k.list(ctx)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", k.kind, err)
 	}
 	var errs []error
-	for i := range list.Items {
-		st := &list.Items[i]
-		owner := st.Labels[LabelNode]
+	for i := range items {
+		st := O(&items[i])
+		owner := st.GetLabels()[LabelNode]
 		switch {
 		case owner == w.node:
-			status, ok := want[st.Name]
+			svcKey, ok := missing[st.GetName()]
 			if !ok {
 				errs = append(errs, w.deleteStatus(ctx, st))
 				continue
 			}
-			delete(want, st.Name)
-			if !equalStatus(st.Status, status) {
-				st.Status = status
+			delete(missing, st.GetName())
+			if status := want[svcKey]; !k.equal(*k.status(st), status) {
+				*k.status(st) = status
 				if err := w.client.Status().Update(ctx, st); err != nil && !apierrors.IsNotFound(err) {
-					errs = append(errs, fmt.Errorf("update ServiceL2Status %s: %w", st.Name, err))
+					errs = append(errs, fmt.Errorf("update %s %s: %w", k.kind, st.GetName(), err))
 				}
 			}
 		case janitor && owner != "" && !slices.Contains(alive, owner):
 			errs = append(errs, w.deleteStatus(ctx, st))
 		}
 	}
-	for name, status := range want {
-		errs = append(errs, w.createStatus(ctx, name, status))
+	for name, svcKey := range missing {
+		ns, svc, _ := strings.Cut(svcKey, "/")
+		status := want[svcKey]
+		st := O(new(T))
+		st.SetName(name)
+		st.SetNamespace(w.namespace)
+		st.SetLabels(map[string]string{LabelNode: w.node, LabelServiceName: svc, LabelServiceNamespace: ns})
+		errs = append(errs, w.createWithStatus(ctx, st, func() { *k.status(st) = status }))
 	}
 	return errors.Join(errs...)
 }
 
-func (w *statusWriter) createStatus(ctx context.Context, name string, status v1beta1.ServiceL2StatusStatus) error {
-	st := &v1beta1.ServiceL2Status{ObjectMeta: metav1.ObjectMeta{
-		Name:      name,
-		Namespace: w.namespace,
-		Labels: map[string]string{
-			LabelNode:             status.Node,
-			LabelServiceName:      status.ServiceName,
-			LabelServiceNamespace: status.ServiceNamespace,
-		},
-	}}
-	if err := w.client.Create(ctx, st); err != nil {
+// janitor tells whether this node removes the objects of nodes that are
+// no longer members: the alive member with the smallest name does.
+func (w *statusWriter) janitor(alive []string) bool {
+	return len(alive) > 0 && slices.Min(alive) == w.node
+}
+
+// createWithStatus creates obj, then writes the status setStatus puts in it.
+func (w *statusWriter) createWithStatus(ctx context.Context, obj client.Object, setStatus func()) error {
+	if err := w.client.Create(ctx, obj); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			// Our cache lags; its watch event brings us back to fill in
 			// the status.
 			return nil
 		}
-		return fmt.Errorf("create ServiceL2Status %s: %w", name, err)
+		return fmt.Errorf("create %T %s: %w", obj, obj.GetName(), err)
 	}
 	// Status is a subresource: Create ignores it.
-	st.Status = status
-	if err := w.client.Status().Update(ctx, st); err != nil {
-		return fmt.Errorf("write status of ServiceL2Status %s: %w", name, err)
+	setStatus()
+	if err := w.client.Status().Update(ctx, obj); err != nil {
+		return fmt.Errorf("write status of %T %s: %w", obj, obj.GetName(), err)
 	}
 	return nil
 }
 
-func (w *statusWriter) deleteStatus(ctx context.Context, st *v1beta1.ServiceL2Status) error {
+func (w *statusWriter) deleteStatus(ctx context.Context, st client.Object) error {
 	if err := w.client.Delete(ctx, st); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete ServiceL2Status %s: %w", st.Name, err)
+		return fmt.Errorf("delete %T %s: %w", st, st.GetName(), err)
 	}
 	return nil
 }

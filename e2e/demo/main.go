@@ -29,6 +29,7 @@ import (
 
 	"github.com/ironlb/ironlb/e2e/cluster"
 	"github.com/ironlb/ironlb/e2e/controlplane"
+	"github.com/ironlb/ironlb/e2e/frr"
 	"github.com/ironlb/ironlb/e2e/lab"
 )
 
@@ -38,6 +39,7 @@ func main() {
 	ctrllog.SetLogger(logr.Discard())
 	keep := flag.Bool("keep", false, "leave the lab and control plane up after the tour, until Ctrl-C")
 	nodes := flag.Int("nodes", 3, "number of lab nodes")
+	bgpMode := flag.Bool("bgp", false, "the tour in BGP mode: FRR on the lab router peers with the speakers")
 	sweep := flag.Bool("sweep", false, "only remove namespaces and links left by labs whose process died, then exit")
 	flag.Parse()
 	if *sweep {
@@ -66,7 +68,7 @@ func main() {
 		}
 	}()
 
-	d := &demo{out: os.Stdout, nodes: *nodes, keep: *keep}
+	d := &demo{out: os.Stdout, nodes: *nodes, keep: *keep, bgp: *bgpMode}
 	code := d.run(ctx)
 	os.Exit(code)
 }
@@ -81,6 +83,9 @@ type demo struct {
 	out   io.Writer
 	nodes int
 	keep  bool
+	// bgp runs bgpSteps (bgp.go) instead of the layer-2 tour.
+	bgp bool
+	frr *frr.Router
 
 	binDir     string
 	ironlb     string
@@ -93,6 +98,9 @@ type demo struct {
 }
 
 func (d *demo) steps() []step {
+	if d.bgp {
+		return d.bgpSteps()
+	}
 	return []step{
 		{"Install missing tools", d.installTools},
 		{"Get the Kubernetes control plane binaries", d.controlPlaneAssets},
@@ -166,6 +174,9 @@ func (d *demo) teardown() error {
 	}
 	if d.controller != nil {
 		errs = append(errs, d.controller.Stop(10*time.Second))
+	}
+	if d.frr != nil {
+		d.frr.Close()
 	}
 	if d.env != nil {
 		errs = append(errs, d.env.Stop())
@@ -472,16 +483,28 @@ func (d *demo) printKeepHelp() {
 
 const serviceAddr = "172.25.254.50"
 
+// startSpeaker starts n's speaker in n's namespace, as the DaemonSet runs
+// it on the host network, and records it in d.speakers.
+func (d *demo) startSpeaker(n *lab.Node) (*lab.Process, error) {
+	p, err := n.StartProcess(lab.ProcessSpec{Label: "speaker", Path: d.ironlb, Args: []string{"speaker",
+		"--node-name", n.Name, "--kubeconfig", d.env.Kubeconfig,
+		"--metrics-bind-address=0", "--health-probe-bind-address=0"}})
+	if err != nil {
+		return nil, err
+	}
+	if d.speakers == nil {
+		d.speakers = map[string]*lab.Process{}
+	}
+	d.speakers[n.Name] = p
+	return p, nil
+}
+
 func (d *demo) startSpeakers(ctx context.Context) error {
-	d.speakers = map[string]*lab.Process{}
 	for _, n := range d.lab.Nodes {
-		p, err := n.StartProcess(lab.ProcessSpec{Label: "speaker", Path: d.ironlb, Args: []string{"speaker",
-			"--node-name", n.Name, "--kubeconfig", d.env.Kubeconfig,
-			"--metrics-bind-address=0", "--health-probe-bind-address=0"}})
+		p, err := d.startSpeaker(n)
 		if err != nil {
 			return err
 		}
-		d.speakers[n.Name] = p
 		d.say("$ ironlb speaker --node-name %s ...   (in %s's namespace, as the DaemonSet runs it on the host network; log %s)", n.Name, n.Name, p.LogPath)
 	}
 	d.say("every speaker computes the same owner for %s; the owner answers ARP for it and forwards its traffic (nftables: this kernel has no IPVS)", serviceAddr)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"slices"
+	"strings"
 )
 
 // Vtysh runs one vtysh command against the FRR instance in network
@@ -50,4 +51,86 @@ func NextHops(ns, dir string, pfx netip.Prefix) ([]string, error) {
 	}
 	slices.Sort(hops)
 	return hops, nil
+}
+
+// Path is one path of FRR's BGP table for a prefix, as `show bgp ... json`
+// shows it.
+type Path struct {
+	NextHop string
+	// LocalPref is 0 when the path has none (eBGP).
+	LocalPref uint32
+	// Communities and LargeCommunities are FRR's display strings, e.g.
+	// "64512:100 no-export" and "64512:1:2".
+	Communities      string
+	LargeCommunities string
+}
+
+// BGPPaths reads FRR's BGP table (bgpd) for one prefix: every path received
+// for it, sorted by next hop; none when no peer advertises it.
+func BGPPaths(ns, dir string, pfx netip.Prefix) ([]Path, error) {
+	family := "ipv4"
+	if pfx.Addr().Is6() {
+		family = "ipv6"
+	}
+	cmd := "show bgp " + family + " unicast " + pfx.String() + " json"
+	out, err := Vtysh(ns, dir, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("vtysh %q: %v: %s", cmd, err, out)
+	}
+	var table struct {
+		Paths []struct {
+			LocPrf    *uint32 `json:"locPrf"`
+			Community *struct {
+				String string `json:"string"`
+			} `json:"community"`
+			LargeCommunity *struct {
+				String string `json:"string"`
+			} `json:"largeCommunity"`
+			Peer struct {
+				PeerID string `json:"peerId"`
+			} `json:"peer"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(out, &table); err != nil {
+		return nil, fmt.Errorf("parse %q: %v: %s", cmd, err, out)
+	}
+	var paths []Path
+	for _, p := range table.Paths {
+		// The peer, not the next hop field: IPv6 paths carry a global and a
+		// link-local next hop, and the peer is the node either way.
+		path := Path{NextHop: p.Peer.PeerID}
+		if p.LocPrf != nil {
+			path.LocalPref = *p.LocPrf
+		}
+		if p.Community != nil {
+			path.Communities = p.Community.String
+		}
+		if p.LargeCommunity != nil {
+			path.LargeCommunities = p.LargeCommunity.String
+		}
+		paths = append(paths, path)
+	}
+	slices.SortFunc(paths, func(a, b Path) int { return strings.Compare(a.NextHop, b.NextHop) })
+	return paths, nil
+}
+
+// SessionStates reads bgpd's neighbours: the BGP state of each session by
+// neighbour address, e.g. "Established" or "Active".
+func SessionStates(ns, dir string) (map[string]string, error) {
+	const cmd = "show bgp neighbors json"
+	out, err := Vtysh(ns, dir, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("vtysh %q: %v: %s", cmd, err, out)
+	}
+	var neighbours map[string]struct {
+		State string `json:"bgpState"`
+	}
+	if err := json.Unmarshal(out, &neighbours); err != nil {
+		return nil, fmt.Errorf("parse %q: %v: %s", cmd, err, out)
+	}
+	states := make(map[string]string, len(neighbours))
+	for addr, n := range neighbours {
+		states[addr] = n.State
+	}
+	return states, nil
 }

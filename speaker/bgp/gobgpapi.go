@@ -41,9 +41,10 @@ type router struct {
 
 // sessionState is one neighbour as the server reports it.
 type sessionState struct {
-	up         bool
-	state      string
-	advertised int
+	up          bool
+	state       string
+	advertised  int
+	updatesSent uint64
 }
 
 func startRouter(cfg Config, log logr.Logger, noteDown func(netip.Addr, string)) (*router, error) {
@@ -287,6 +288,9 @@ func (r *router) sessions(ctx context.Context) (map[netip.Addr]sessionState, err
 		st := sessionState{
 			up:    p.State.SessionState == api.PeerState_ESTABLISHED,
 			state: sessionStateName(p.State.SessionState),
+		}
+		if m := p.State.Messages; m != nil && m.Sent != nil {
+			st.updatesSent = m.Sent.Update
 		}
 		for _, af := range p.AfiSafis {
 			if af.State != nil {

@@ -69,12 +69,15 @@ func (l *logAdapter) emit(v int, isErr bool, msg string, f gobgplog.Fields) {
 	l.log.V(v).Info(msg, kv...)
 }
 
+// msgConnectFailed is the server's message when a connection attempt fails.
+const msgConnectFailed = "failed to connect"
+
 // recordable picks the messages that explain a session being down.
 func recordable(msg string, isErr bool, v int, reason string) bool {
 	switch {
 	case isErr, v == 0:
 		return true
-	case msg == "Peer Down", msg == "failed to connect":
+	case msg == "Peer Down", msg == msgConnectFailed:
 		return true
 	}
 	return false

@@ -31,6 +31,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,10 @@ var (
 	// highest local preference) and reports it.
 	ErrConflictingAttributes = errors.New("conflicting attributes for one prefix")
 )
+
+// md5Hint ends the last error of a session with TCP MD5 that cannot
+// connect.
+const md5Hint = "; TCP MD5 is on for this session: a router whose password differs drops the connection unanswered"
 
 // Dynamic ASN modes of PeerConfig.DynamicASN.
 const (
@@ -109,6 +114,9 @@ type PeerState struct {
 	State string
 	// Advertised counts the prefixes currently sent to the peer.
 	Advertised int
+	// UpdatesSent counts the UPDATE messages sent over the current
+	// session's configuration (it restarts when the peer is re-created).
+	UpdatesSent uint64
 	// LastError is the configuration error or the last reason the session
 	// went down; empty when none.
 	LastError string
@@ -284,7 +292,12 @@ func (s *Speaker) PeerStates(ctx context.Context) ([]PeerState, error) {
 	for name, p := range s.peers {
 		st := PeerState{Name: name, Address: p.Address, State: "idle", LastError: s.lastError(p.Address)}
 		if l, ok := live[p.Address]; ok {
-			st.Up, st.State, st.Advertised = l.up, l.state, l.advertised
+			st.Up, st.State, st.Advertised, st.UpdatesSent = l.up, l.state, l.advertised, l.updatesSent
+		}
+		if p.Password != "" && !st.Up && strings.HasPrefix(st.LastError, msgConnectFailed) {
+			// A router whose password differs drops the signed connection
+			// without a word, so all the server sees is a timeout.
+			st.LastError += md5Hint
 		}
 		out = append(out, st)
 	}

@@ -84,6 +84,14 @@ func TestAdvertiseWithdrawAndStop(t *testing.T) {
 	if err != nil {
 		t.Fatalf("PeerStates() = %v", err)
 	}
+	// The updates that carried the two paths were counted; how many
+	// updates that took is the server's business.
+	for i := range states {
+		if states[i].UpdatesSent == 0 {
+			t.Errorf("PeerStates(): %s sent no updates, yet the router has its paths", states[i].Name)
+		}
+		states[i].UpdatesSent = 0
+	}
 	if diff := cmp.Diff([]PeerState{{Name: "tor", Address: lo2, Up: true, State: "established", Advertised: 2}}, states, cmpOpts...); diff != "" {
 		t.Errorf("PeerStates() mismatch (-want +got):\n%s", diff)
 	}

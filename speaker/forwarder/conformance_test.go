@@ -2,6 +2,8 @@ package forwarder
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -14,6 +16,7 @@ import (
 // readableTable is a Table that can also say what the kernel holds.
 type readableTable interface {
 	Table
+	Cleaner
 	Read(ctx context.Context) ([]VirtualService, error)
 }
 
@@ -62,6 +65,48 @@ func (l *lab) ask(t *testing.T, vs VirtualService, n int) []answer {
 		got = append(got, a)
 	}
 	return got
+}
+
+// clientFlow is one client UDP socket: all its datagrams are one flow.
+type clientFlow struct {
+	c  net.Conn
+	to netip.AddrPort
+}
+
+func (l *lab) openFlow(t *testing.T, to netip.AddrPort) *clientFlow {
+	t.Helper()
+	c, err := l.dialFromClient(t.Context(), "udp", to)
+	if err != nil {
+		t.Fatalf("UDP socket to %s: %v", to, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &clientFlow{c: c, to: to}
+}
+
+// exchange sends a datagram and returns the answer, sending again after a
+// second without one, until a generous deadline.
+func (f *clientFlow) exchange(t *testing.T) answer {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	buf := make([]byte, 1500)
+	for {
+		_ = f.c.SetDeadline(time.Now().Add(time.Second))
+		_, err := f.c.Write([]byte("who"))
+		var n int
+		if err == nil {
+			n, err = f.c.Read(buf)
+		}
+		if err == nil {
+			a, err := parseAnswer(string(buf[:n]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("UDP flow to %s: %v", f.to, err)
+		}
+	}
 }
 
 // refused checks that a request to vs gets no answer from any backend.
@@ -179,6 +224,30 @@ func testConformance(t *testing.T, l *lab, tbl readableTable) {
 		}
 	})
 
+	// One socket keeps its source port, so every datagram belongs to one
+	// conntrack entry: only forgetting that entry moves the flow.
+	t.Run("UDP flow leaves a removed backend", func(t *testing.T) {
+		for _, vip := range []netip.Addr{labVIP4, labVIP6} {
+			vs := l.service(vip, UDP, true, 1, 2)
+			mustSync(t, tbl, vs)
+			flow := l.openFlow(t, netip.AddrPortFrom(vs.Addr, vs.Port))
+			first := flow.exchange(t).backend
+			for range 3 {
+				if got := flow.exchange(t).backend; got != first {
+					t.Fatalf("%s: one UDP flow reached %s, then %s; want one backend", vip, first, got)
+				}
+			}
+			keep := 2
+			if first == "backend2" {
+				keep = 1
+			}
+			mustSync(t, tbl, l.service(vip, UDP, true, keep))
+			if got, want := flow.exchange(t).backend, fmt.Sprintf("backend%d", keep); got != want {
+				t.Errorf("%s: after %s was removed the flow reached %s, want %s", vip, first, got, want)
+			}
+		}
+	})
+
 	t.Run("IPv6 service", func(t *testing.T) {
 		vs := l.service(labVIP6, TCP, false, 1, 2, 3)
 		mustSync(t, tbl, vs)
@@ -237,5 +306,31 @@ func testConformance(t *testing.T, l *lab, tbl readableTable) {
 			t.Errorf("Read() after Sync(nil) = %v, want nothing", got)
 		}
 		l.refused(t, vs)
+	})
+
+	t.Run("cleanup removes what it installed", func(t *testing.T) {
+		vs := l.service(labVIP4, TCP, true, 1, 2)
+		mustSync(t, tbl, vs, l.service(labVIP6, UDP, false, 3))
+		l.ask(t, vs, 1)
+		if err := tbl.Cleanup(t.Context()); err != nil {
+			t.Fatalf("Cleanup: %v", err)
+		}
+		l.refused(t, vs)
+		got, err := tbl.Read(t.Context())
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		if len(got) != 0 {
+			t.Errorf("Read() after Cleanup = %v, want nothing", got)
+		}
+		// A second Cleanup has nothing left to remove; a later Sync
+		// installs again.
+		if err := tbl.Cleanup(t.Context()); err != nil {
+			t.Errorf("second Cleanup: %v", err)
+		}
+		mustSync(t, tbl, vs)
+		if diff := cmp.Diff([]string{"backend1", "backend2"}, backendsOf(l.ask(t, vs, 6))); diff != "" {
+			t.Errorf("backends reached after Cleanup and Sync (-want +got):\n%s", diff)
+		}
 	})
 }

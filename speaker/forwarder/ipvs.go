@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -44,29 +45,56 @@ import (
 // the dummy interface or in the desired table; others (kube-proxy's, for
 // one) are left alone.
 //
-// Every sync reads the whole service list back (one request) and the
-// destinations of every service it is about to change; IPVS has no
-// generation counter, and a request per service would make a one-endpoint
-// change cost as much as the table, so the destinations of unchanged
-// services are re-read 256 at a time in rotation. A destination list
-// someone else changed is thus repaired within len(services)/256 syncs; a
-// failed sync forces a full read.
+// Level-triggered at the cost of the change, not of the table: IPVS has
+// no generation counter to prove nobody else changed it, and reading it
+// back whole costs a request per service (10,000 services: seconds). So a
+// sync reads the kernel in full (services, their destinations, the bound
+// addresses, the masquerade set, the sysctls) only when it has no record
+// of its own (the first sync, and any sync after one that failed), when
+// the dummy interface was replaced, and at the first sync once
+// ReadBackInterval has passed since the last full read. In between, what
+// the last sync left stands for the kernel: a sync compares the desired
+// table with that record, reads back with GetService and GetDestinations
+// only the services that differ plus verifyWindow others in rotation, and
+// applies the difference there, binding and unbinding only the addresses
+// those services gain or lose. Whatever another program changes is thus
+// repaired at the latest by the first sync after ReadBackInterval (a
+// destination list by the rotation sooner), and any failed netlink request
+// (ENOENT, EEXIST: the kernel was not what the record said) fails the sync
+// and forces a full read on the next one.
 type IPVS struct {
 	cfg  IPVSConfig
 	ipvs *ipvs.Handle
 	nl   *netlink.Handle
 	masq *NFTables
 
-	mu sync.Mutex
+	mu  sync.Mutex
+	udp udpFlows
 	// known is what the last successful sync left in IPVS, sorted by key;
-	// nil forces a full read. See read for how it is used.
-	known  []VirtualService
+	// nil forces a full read.
+	known []VirtualService
+	// link is the index of the dummy interface known's addresses are
+	// bound on; readAt is when the last full read ended (zero forces one).
+	link   int
+	readAt time.Time
 	cursor int
+	now    func() time.Time
 }
 
-// verifyWindow is how many unchanged services a sync re-reads, in
-// rotation, to find destinations someone else changed.
-const verifyWindow = 256
+// verifyWindow is how many unchanged services a sync between full reads
+// re-reads, in rotation, to find what someone else changed in them sooner
+// than the next full read. Each costs two requests (about 3 ms under the
+// VM's software emulation, well under one natively), so the window stays
+// small: the full read is what bounds a repair.
+const verifyWindow = 4
+
+// defaultReadBack bounds how long the forwarder trusts its record between
+// full reads. A full read of 10,000 services costs two requests per
+// service (seconds under the VM's emulation, far less on a real node;
+// kube-proxy's IPVS mode reads as much every 30 s), so once a minute keeps
+// it a small share of the time, while a change by another program lasts
+// at most a minute plus the time to the next sync.
+const defaultReadBack = time.Minute
 
 // IPVSConfig configures an IPVS forwarder.
 type IPVSConfig struct {
@@ -80,7 +108,11 @@ type IPVSConfig struct {
 	// masquerading, as in NFTablesConfig.
 	Table          string
 	MasqueradeMark uint32
-	Logger         logr.Logger
+	// ReadBackInterval is how long a sync may trust what the previous
+	// syncs left instead of reading the whole table back (default one
+	// minute); see IPVS.
+	ReadBackInterval time.Duration
+	Logger           logr.Logger
 }
 
 const defaultInterface = "ironlb0"
@@ -109,6 +141,9 @@ func Available() (bool, string) {
 func NewIPVS(cfg IPVSConfig) (*IPVS, error) {
 	if cfg.Interface == "" {
 		cfg.Interface = defaultInterface
+	}
+	if cfg.ReadBackInterval == 0 {
+		cfg.ReadBackInterval = defaultReadBack
 	}
 	ns := cfg.NetNS
 	if ns == 0 {
@@ -140,11 +175,14 @@ func NewIPVS(cfg IPVSConfig) (*IPVS, error) {
 	}
 	masq.masqueradeOnly = true
 	cfg.NetNS = ns
-	return &IPVS{cfg: cfg, ipvs: h, nl: nl, masq: masq}, nil
+	return &IPVS{cfg: cfg, ipvs: h, nl: nl, masq: masq, udp: udpFlows{ns: ns}, now: time.Now}, nil
 }
 
 // Close releases the netlink sockets; the kernel state stays.
 func (v *IPVS) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.udp.close()
 	v.ipvs.Close()
 	v.nl.Close()
 	return v.masq.Close()
@@ -153,9 +191,9 @@ func (v *IPVS) Close() error {
 // Sync makes IPVS carry exactly services. Invalid services are left out
 // and reported in the returned error; the rest are still applied.
 func (v *IPVS) Sync(ctx context.Context, services []VirtualService) error {
-	desired, invalid := Prepare(services)
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	desired, invalid := v.prepare(services)
 	if err := v.sync(ctx, desired); err != nil {
 		return errors.Join(err, invalid)
 	}
@@ -174,15 +212,123 @@ func (v *IPVS) Read(ctx context.Context) ([]VirtualService, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.read(ctx, bound, nil, nil)
+	return v.read(ctx, bound, nil)
+}
+
+// Cleanup removes ironlb's IPVS services, the dummy interface with the
+// addresses bound on it, and the masquerade table, if they are still what
+// the last sync left; see Cleaner. The ARP sysctls stay: kube-proxy's
+// strictARP wants the same values, and other services may rely on them.
+func (v *IPVS) Cleanup(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.known == nil {
+		return nil
+	}
+	l, err := v.nl.LinkByName(v.cfg.Interface)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return fmt.Errorf("%s is gone: %w", v.cfg.Interface, ErrChangedSinceSync)
+	}
+	if err != nil {
+		return fmt.Errorf("find %s: %w", v.cfg.Interface, err)
+	}
+	bound, err := v.bound(l)
+	if err != nil {
+		return err
+	}
+	vips := map[netip.Addr]bool{}
+	for _, vs := range v.known {
+		vips[vs.Addr] = true
+	}
+	actual, err := v.read(ctx, bound, vips)
+	if err != nil {
+		return err
+	}
+	if !maps.Equal(bound, vips) || !Diff(actual, v.known).Empty() {
+		return fmt.Errorf("IPVS services of %s: %w", v.cfg.Interface, ErrChangedSinceSync)
+	}
+	if err := v.masq.unchangedSinceSync(ctx); err != nil {
+		return err
+	}
+	for _, vs := range actual {
+		if err := v.ipvs.DelService(toIPVSService(vs)); err != nil {
+			return fmt.Errorf("delete IPVS service %s: %w", vs.Key, err)
+		}
+	}
+	v.known = nil
+	if err := v.nl.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", v.cfg.Interface, err)
+	}
+	return v.masq.Cleanup(ctx)
 }
 
 func (v *IPVS) sync(ctx context.Context, desired []VirtualService) error {
-	if err := v.prepareNode(); err != nil {
-		return err
-	}
 	dummy, err := v.dummy()
 	if err != nil {
+		v.known = nil
+		return err
+	}
+	full := v.known == nil || dummy.Attrs().Index != v.link || v.now().Sub(v.readAt) >= v.cfg.ReadBackInterval
+	if full {
+		err = v.syncFull(ctx, dummy, desired)
+	} else {
+		err = v.syncChanges(ctx, dummy, desired)
+	}
+	if err != nil {
+		v.known = nil
+		return err
+	}
+	v.known, v.link = desired, dummy.Attrs().Index
+	if full {
+		// Counted from the end: a full sync slower than the interval must
+		// not make every following sync a full one.
+		v.readAt = v.now()
+	}
+	if err := v.udp.flush(); err != nil {
+		// IPVS is right; the flows are retried on the next sync.
+		v.cfg.Logger.Error(err, "flush conntrack entries of removed UDP backends")
+	}
+	return nil
+}
+
+// prepare is Prepare for a table that mostly repeats the last sync's, as
+// Expand's output (canonical and sorted) does: a service identical to one
+// the last sync applied is valid and canonical already, and its copy is
+// reused, so only the services that changed are validated and copied.
+// Prepare alone would allocate the whole table again on every sync, which
+// costs more than the rest of a one-change sync.
+func (v *IPVS) prepare(services []VirtualService) ([]VirtualService, error) {
+	if v.known == nil {
+		return Prepare(services)
+	}
+	out := make([]VirtualService, 0, len(services))
+	var errs []error
+	j := 0
+	for i := range services {
+		vs := &services[i]
+		for j < len(v.known) && compareKeys(v.known[j].Key, vs.Key) < 0 {
+			j++
+		}
+		if j < len(v.known) && v.known[j].Key == vs.Key && sameService(&v.known[j], vs) {
+			out = append(out, v.known[j])
+			continue
+		}
+		p, err := Prepare(services[i : i+1])
+		errs = append(errs, err)
+		out = append(out, p...)
+	}
+	for i := 1; i < len(out); i++ {
+		if compareKeys(out[i-1].Key, out[i].Key) >= 0 {
+			// Not in canonical order, or duplicates: no shortcut.
+			return Prepare(services)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// syncFull reads everything back and repairs whatever differs.
+func (v *IPVS) syncFull(ctx context.Context, dummy netlink.Link, desired []VirtualService) error {
+	if err := v.prepareNode(); err != nil {
 		return err
 	}
 	bound, err := v.bound(dummy)
@@ -193,56 +339,191 @@ func (v *IPVS) sync(ctx context.Context, desired []VirtualService) error {
 	for _, vs := range desired {
 		vips[vs.Addr] = true
 	}
-	actual, err := v.read(ctx, bound, vips, v.trusted(desired))
+	actual, err := v.read(ctx, bound, vips)
 	if err != nil {
-		v.known = nil
 		return err
 	}
-	if err := v.apply(ctx, dummy, bound, vips, actual, desired); err != nil {
-		v.known = nil
-		return err
+	var bind, unbind []netip.Addr
+	for a := range vips {
+		if !bound[a] {
+			bind = append(bind, a)
+		}
 	}
-	v.known = desired
+	for a := range bound {
+		if !vips[a] {
+			unbind = append(unbind, a)
+		}
+	}
+	return v.apply(ctx, dummy, ipvsPlan{bind: bind, unbind: unbind, actual: actual, desired: desired, table: desired, masq: true, full: true})
+}
+
+// syncChanges trusts v.known for everything but the services that change
+// or go and the verify window, which it reads back.
+func (v *IPVS) syncChanges(ctx context.Context, dummy netlink.Link, desired []VirtualService) error {
+	keys := v.touched(desired)
+	actual := make([]VirtualService, 0, len(keys))
+	want := make([]VirtualService, 0, len(keys))
+	masqChanged := false
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		old, vs := find(v.known, k), find(desired, k)
+		if vs != nil {
+			want = append(want, *vs)
+		}
+		// The masquerade set keeps its own record, checked against the
+		// nftables generation; it needs a sync only when membership changes.
+		if (old != nil && old.Masquerade) != (vs != nil && vs.Masquerade) {
+			masqChanged = true
+		}
+		if old == nil {
+			// New since the last sync: taken as absent. If another program
+			// added it meanwhile, adding it fails (EEXIST) and the next sync
+			// reads everything.
+			continue
+		}
+		got, ok, err := v.readService(k)
+		if err != nil {
+			return err
+		}
+		if ok {
+			got.Masquerade = old.Masquerade
+			actual = append(actual, got)
+		}
+	}
+	var bind, unbind []netip.Addr
+	for i, k := range keys {
+		if i > 0 && keys[i-1].Addr == k.Addr {
+			// Sorted by key, so by address first: decided already.
+			continue
+		}
+		inKnown, inDesired := hasAddr(v.known, k.Addr), hasAddr(desired, k.Addr)
+		switch {
+		case inDesired && !inKnown:
+			bind = append(bind, k.Addr)
+		case inKnown && !inDesired:
+			unbind = append(unbind, k.Addr)
+		}
+	}
+	return v.apply(ctx, dummy, ipvsPlan{bind: bind, unbind: unbind, actual: actual, desired: want, table: desired, masq: masqChanged})
+}
+
+// touched returns, sorted, the keys of the services that differ between
+// v.known and desired (both sorted by key) and the next verifyWindow
+// services of v.known in rotation.
+func (v *IPVS) touched(desired []VirtualService) []Key {
+	var keys []Key
+	i, j := 0, 0
+	for i < len(v.known) || j < len(desired) {
+		switch {
+		case j == len(desired) || i < len(v.known) && compareKeys(v.known[i].Key, desired[j].Key) < 0:
+			keys = append(keys, v.known[i].Key)
+			i++
+		case i == len(v.known) || compareKeys(v.known[i].Key, desired[j].Key) > 0:
+			keys = append(keys, desired[j].Key)
+			j++
+		default:
+			if !sameService(&v.known[i], &desired[j]) {
+				keys = append(keys, desired[j].Key)
+			}
+			i++
+			j++
+		}
+	}
+	if n := len(v.known); n > 0 {
+		for i := range min(verifyWindow, n) {
+			keys = append(keys, v.known[(v.cursor+i)%n].Key)
+		}
+		v.cursor = (v.cursor + verifyWindow) % n
+	}
+	slices.SortFunc(keys, compareKeys)
+	return slices.Compact(keys)
+}
+
+// sameService reports whether two prepared services are identical, which
+// is cheaper to tell than Diff's answer.
+func sameService(a, b *VirtualService) bool {
+	if a.Scheduler != b.Scheduler || a.Affinity != b.Affinity || a.Masquerade != b.Masquerade || len(a.Backends) != len(b.Backends) {
+		return false
+	}
+	// prepare hands unchanged services on with the same backends array.
+	return len(a.Backends) == 0 || &a.Backends[0] == &b.Backends[0] || slices.Equal(a.Backends, b.Backends)
+}
+
+// hasAddr reports whether a table sorted by key has a service on a.
+func hasAddr(services []VirtualService, a netip.Addr) bool {
+	i, _ := slices.BinarySearchFunc(services, a, func(vs VirtualService, a netip.Addr) int { return vs.Addr.Compare(a) })
+	return i < len(services) && services[i].Addr == a
+}
+
+// readService reads one service and its destinations from IPVS; ok is
+// false when IPVS has no such service.
+func (v *IPVS) readService(k Key) (VirtualService, bool, error) {
+	s, err := v.ipvs.GetService(toIPVSService(VirtualService{Key: k}))
+	if errors.Is(err, unix.ESRCH) {
+		return VirtualService{}, false, nil
+	}
+	if err != nil {
+		return VirtualService{}, false, fmt.Errorf("get IPVS service %s: %w", k, err)
+	}
+	vs, ok := fromIPVSService(s)
+	if !ok {
+		return VirtualService{}, false, nil
+	}
+	if err := v.readDestinations(s, &vs); err != nil {
+		return VirtualService{}, false, err
+	}
+	return vs, true, nil
+}
+
+func (v *IPVS) readDestinations(s *ipvs.Service, vs *VirtualService) error {
+	dests, err := v.ipvs.GetDestinations(s)
+	if err != nil {
+		return fmt.Errorf("list IPVS destinations of %s: %w", vs.Key, err)
+	}
+	for _, d := range dests {
+		if b, ok := fromIPVSDestination(d); ok {
+			vs.Backends = append(vs.Backends, b)
+		}
+	}
+	slices.SortFunc(vs.Backends, func(a, b Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
 	return nil
 }
 
-// trusted returns the services whose destinations this sync may take from
-// the last sync instead of the kernel: those the desired table leaves as
-// they were, minus a rotating window that is re-read to catch changes made
-// by others. nil means read everything.
-func (v *IPVS) trusted(desired []VirtualService) map[Key]*VirtualService {
-	if v.known == nil {
-		return nil
-	}
-	out := make(map[Key]*VirtualService, len(v.known))
-	for i := range v.known {
-		out[v.known[i].Key] = &v.known[i]
-	}
-	for i := range desired {
-		if k, ok := out[desired[i].Key]; ok && !slices.Equal(k.Backends, desired[i].Backends) {
-			delete(out, desired[i].Key)
-		}
-	}
-	n := len(v.known)
-	for i := 0; i < min(verifyWindow, n); i++ {
-		delete(out, v.known[(v.cursor+i)%n].Key)
-	}
-	if n > 0 {
-		v.cursor = (v.cursor + verifyWindow) % n
-	}
-	return out
+// ipvsPlan is what a sync found to do.
+type ipvsPlan struct {
+	// bind and unbind are the addresses to add to and remove from the
+	// dummy interface.
+	bind, unbind []netip.Addr
+	// actual becomes desired: both sorted by key and covering the same
+	// services, the whole table or the services a sync touches.
+	actual, desired []VirtualService
+	// table is the whole desired table; masq asks for the masquerade set
+	// to be synced to it.
+	table []VirtualService
+	masq  bool
+	full  bool
 }
 
-func (v *IPVS) apply(ctx context.Context, dummy netlink.Link, bound, vips map[netip.Addr]bool, actual, desired []VirtualService) error {
+func (v *IPVS) apply(ctx context.Context, dummy netlink.Link, p ipvsPlan) error {
+	actual, desired := p.actual, p.desired
 	// Addresses first: IPVS sees traffic only for local addresses.
-	for a := range vips {
-		if !bound[a] {
-			if err := v.nl.AddrAdd(dummy, hostAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("bind %s on %s: %w", a, v.cfg.Interface, err)
-			}
+	for _, a := range p.bind {
+		if err := v.nl.AddrAdd(dummy, hostAddr(a)); errors.Is(err, unix.EEXIST) {
+			// Bound by someone else: what we want, but the record was wrong.
+			v.readAt = time.Time{}
+		} else if err != nil {
+			return fmt.Errorf("bind %s on %s: %w", a, v.cfg.Interface, err)
 		}
 	}
 	c := Diff(actual, desired)
+	for _, k := range c.Delete {
+		v.udp.note(find(actual, k), nil)
+	}
+	for _, bc := range c.Backends {
+		v.udp.note(find(actual, bc.Service), find(desired, bc.Service))
+	}
 	for _, k := range c.Delete {
 		if err := v.ipvs.DelService(toIPVSService(VirtualService{Key: k})); err != nil {
 			return fmt.Errorf("delete IPVS service %s: %w", k, err)
@@ -282,37 +563,35 @@ func (v *IPVS) apply(ctx context.Context, dummy netlink.Link, bound, vips map[ne
 			}
 		}
 	}
-	var masq []VirtualService
-	for _, vs := range desired {
-		if vs.Masquerade {
-			masq = append(masq, VirtualService{Key: vs.Key, Scheduler: DefaultScheduler, Masquerade: true})
+	if p.masq {
+		var masq []VirtualService
+		for _, vs := range p.table {
+			if vs.Masquerade {
+				masq = append(masq, VirtualService{Key: vs.Key, Scheduler: DefaultScheduler, Masquerade: true})
+			}
+		}
+		if err := v.masq.Sync(ctx, masq); err != nil {
+			return fmt.Errorf("masquerade rules: %w", err)
 		}
 	}
-	if err := v.masq.Sync(ctx, masq); err != nil {
-		return fmt.Errorf("masquerade rules: %w", err)
-	}
 	// Addresses last, once no service uses them.
-	for a := range bound {
-		if !vips[a] {
-			if err := v.nl.AddrDel(dummy, hostAddr(a)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-				return fmt.Errorf("unbind %s from %s: %w", a, v.cfg.Interface, err)
-			}
+	for _, a := range p.unbind {
+		if err := v.nl.AddrDel(dummy, hostAddr(a)); errors.Is(err, unix.EADDRNOTAVAIL) {
+			v.readAt = time.Time{}
+		} else if err != nil {
+			return fmt.Errorf("unbind %s from %s: %w", a, v.cfg.Interface, err)
 		}
 	}
 	if !c.Empty() {
 		v.cfg.Logger.V(1).Info("synced IPVS forwarder", "added", len(c.Add), "updated", len(c.Update),
-			"deleted", len(c.Delete), "backendsChanged", len(c.Backends))
+			"deleted", len(c.Delete), "backendsChanged", len(c.Backends), "fullRead", p.full)
 	}
 	return nil
 }
 
-// read returns ironlb's services in IPVS: those on a bound or wanted
-// address. Masquerade comes from the nftables set. IPVS has no generation
-// counter to prove nothing changed, and reading destinations costs a
-// request per service, so a service in trusted whose settings the kernel
-// still reports unchanged keeps its last known destinations; the services
-// list itself is always read whole.
-func (v *IPVS) read(ctx context.Context, bound, wanted map[netip.Addr]bool, trusted map[Key]*VirtualService) ([]VirtualService, error) {
+// read returns ironlb's services in IPVS, read whole: those on a bound or
+// wanted address. Masquerade comes from the nftables set.
+func (v *IPVS) read(ctx context.Context, bound, wanted map[netip.Addr]bool) ([]VirtualService, error) {
 	svcs, err := v.ipvs.GetServices()
 	if err != nil {
 		return nil, fmt.Errorf("list IPVS services: %w", err)
@@ -332,24 +611,12 @@ func (v *IPVS) read(ctx context.Context, bound, wanted map[netip.Addr]bool, trus
 			continue
 		}
 		vs.Masquerade = masqueraded[vs.Key]
-		if k, ok := trusted[vs.Key]; ok && sameSettings(*k, vs) {
-			vs.Backends = k.Backends
-			out = append(out, vs)
-			continue
-		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		dests, err := v.ipvs.GetDestinations(s)
-		if err != nil {
-			return nil, fmt.Errorf("list IPVS destinations of %s: %w", vs.Key, err)
+		if err := v.readDestinations(s, &vs); err != nil {
+			return nil, err
 		}
-		for _, d := range dests {
-			if b, ok := fromIPVSDestination(d); ok {
-				vs.Backends = append(vs.Backends, b)
-			}
-		}
-		slices.SortFunc(vs.Backends, func(a, b Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
 		out = append(out, vs)
 	}
 	slices.SortFunc(out, func(a, b VirtualService) int { return compareKeys(a.Key, b.Key) })
@@ -399,9 +666,13 @@ func hostAddr(a netip.Addr) *netlink.Addr {
 }
 
 // nodeSysctls are what IPVS NAT needs from the node: conntrack for the
-// masquerade rule, and strictARP's ARP behaviour for the bound addresses.
+// masquerade rule, strictARP's ARP behaviour for the bound addresses, and
+// expire_nodest_conn so a connection (a UDP flow above all) whose real
+// server was removed is dropped and rescheduled instead of sent to the
+// removed server until it times out, as kube-proxy sets it.
 var nodeSysctls = []struct{ path, value string }{
 	{"/proc/sys/net/ipv4/vs/conntrack", "1"},
+	{"/proc/sys/net/ipv4/vs/expire_nodest_conn", "1"},
 	{"/proc/sys/net/ipv4/conf/all/arp_ignore", "1"},
 	{"/proc/sys/net/ipv4/conf/all/arp_announce", "2"},
 	{"/proc/sys/net/ipv4/ip_forward", "1"},

@@ -1,9 +1,11 @@
 package forwarder
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +142,7 @@ func TestIPVSBindsServiceAddressesWithoutARP(t *testing.T) {
 		"/proc/sys/net/ipv4/conf/all/arp_ignore":   "1",
 		"/proc/sys/net/ipv4/conf/all/arp_announce": "2",
 		"/proc/sys/net/ipv4/vs/conntrack":          "1",
+		"/proc/sys/net/ipv4/vs/expire_nodest_conn": "1",
 	} {
 		var got []byte
 		if err := withNetNS(l.node, func() error { got, err = os.ReadFile(path); return err }); err != nil {
@@ -153,11 +156,23 @@ func TestIPVSBindsServiceAddressesWithoutARP(t *testing.T) {
 	if bound, err = v.bound(dummy); err != nil || len(bound) != 0 {
 		t.Errorf("after Sync(nil) %s holds %v (%v), want nothing", defaultInterface, bound, err)
 	}
+
+	// A clean stop takes the interface and the masquerade table away too.
+	mustSync(t, v, l.service(labVIP4, TCP, true, 1))
+	if err := v.Cleanup(t.Context()); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if _, err := h.LinkByName(defaultInterface); err == nil {
+		t.Errorf("%s still exists after Cleanup", defaultInterface)
+	}
+	if tableExists(t, l.node) {
+		t.Errorf("masquerade table %s still exists after Cleanup", defaultTable)
+	}
 }
 
 // BenchmarkIPVSSync is BenchmarkNFTablesSync's counterpart; it runs in the
-// VM (BENCH=IPVS hack/ipvs-vm.sh). IPVS has no generation counter, so
-// every sync reads every service's destinations back.
+// VM (BENCH=IPVS hack/ipvs-vm.sh). one_change runs between full reads:
+// it reads back the changed service and the verify window only.
 func BenchmarkIPVSSync(b *testing.B) {
 	requireRoot(b)
 	if ok, reason := Available(); !ok {
@@ -201,31 +216,111 @@ func BenchmarkIPVSSync(b *testing.B) {
 	}
 }
 
-func TestIPVSTrustedRotatesAndSkipsChanges(t *testing.T) {
+func TestIPVSTouchedRotatesAndFindsChanges(t *testing.T) {
 	known := bigTable(600, 2)
 	v := &IPVS{known: known}
 	desired := oneEndpointChanged(known, 500)
-	seen := map[Key]int{}
-	for sync := 0; sync < 3; sync++ {
-		trusted := v.trusted(desired)
-		if _, ok := trusted[known[500].Key]; ok {
-			t.Fatalf("sync %d trusts the service whose endpoints change", sync)
-		}
-		if got, want := len(trusted), len(known)-verifyWindow-1; got != want && got != want+1 {
-			t.Errorf("sync %d trusts %d services, want about %d", sync, got, want)
-		}
-		for _, vs := range known {
-			if _, ok := trusted[vs.Key]; !ok {
-				seen[vs.Key]++
+	added := VirtualService{Key: Key{Addr: netip.MustParseAddr("172.27.0.1"), Port: 80, Protocol: TCP}, Scheduler: RoundRobin}
+	desired = append(slices.Delete(desired, 100, 101), added)
+	changed := []Key{known[100].Key, known[500].Key, added.Key}
+	seen := map[Key]bool{}
+	for sync := 0; sync < (len(known)+verifyWindow-1)/verifyWindow; sync++ {
+		keys := v.touched(desired)
+		for _, k := range changed {
+			if !slices.Contains(keys, k) {
+				t.Fatalf("sync %d does not read back %v, which changes", sync, k)
 			}
 		}
+		if len(keys) > len(changed)+verifyWindow {
+			t.Fatalf("sync %d reads back %d services, want at most %d", sync, len(keys), len(changed)+verifyWindow)
+		}
+		if !slices.IsSortedFunc(keys, compareKeys) {
+			t.Fatalf("sync %d: keys not sorted", sync)
+		}
+		for _, k := range keys {
+			seen[k] = true
+		}
 	}
-	// Three windows of 256 cover all 600 services.
-	if len(seen) != len(known) {
-		t.Errorf("three syncs re-read %d of %d services, want all", len(seen), len(known))
+	// One rotation re-reads every service once.
+	for _, vs := range known {
+		if !seen[vs.Key] {
+			t.Errorf("a rotation of %d syncs never re-read %v", (len(known)+verifyWindow-1)/verifyWindow, vs.Key)
+		}
 	}
-	if (&IPVS{}).trusted(desired) != nil {
-		t.Errorf("with no previous sync, trusted() must ask for a full read")
+}
+
+// Between full reads a sync trusts what it left, but no longer than
+// ReadBackInterval: what another program changed where no sync looks (an
+// address unbound, a service of its own on a service address, a sysctl) is
+// repaired by the first sync after the interval.
+func TestIPVSRepairsWithinReadBackInterval(t *testing.T) {
+	requireRoot(t)
+	if ok, reason := Available(); !ok {
+		t.Skip(reason)
+	}
+	l := newLab(t, 3)
+	v := newIPVS(t, l)
+	clock := time.Now()
+	v.now = func() time.Time { return clock }
+	web := l.service(labVIP4, TCP, true, 1, 2, 3)
+	mustSync(t, v, web)
+
+	h := handleAt(t, l.node)
+	dummy, err := h.LinkByName(defaultInterface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ipvs.New(fmt.Sprintf("/proc/self/fd/%d", int(l.node)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	stray := toIPVSService(VirtualService{Key: Key{Addr: labVIP4, Port: 8443, Protocol: TCP}})
+	if err := other.NewService(stray); err != nil {
+		t.Fatalf("tamper: %v", err)
+	}
+	if err := h.AddrDel(dummy, hostAddr(labVIP4)); err != nil {
+		t.Fatalf("tamper: %v", err)
+	}
+	writeSysctl(t, l.node, "/proc/sys/net/ipv4/conf/all/arp_ignore", "0")
+
+	type state struct {
+		Bound       bool
+		StrayExists bool
+		ARPIgnore   string
+	}
+	observe := func() state {
+		t.Helper()
+		bound, err := v.bound(dummy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var arp []byte
+		if err := withNetNS(l.node, func() error {
+			arp, err = os.ReadFile("/proc/sys/net/ipv4/conf/all/arp_ignore")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return state{Bound: bound[labVIP4], StrayExists: other.IsServicePresent(stray), ARPIgnore: strings.TrimSpace(string(arp))}
+	}
+	for _, step := range []struct {
+		name    string
+		elapsed time.Duration
+		want    state
+	}{
+		// Trusted: nothing in web's table changes, so nothing is read.
+		{"within the interval", defaultReadBack / 2, state{Bound: false, StrayExists: true, ARPIgnore: "0"}},
+		{"after the interval", defaultReadBack, state{Bound: true, StrayExists: false, ARPIgnore: "1"}},
+	} {
+		clock = clock.Add(step.elapsed)
+		mustSync(t, v, web)
+		if diff := cmp.Diff(step.want, observe()); diff != "" {
+			t.Errorf("%s: node state (-want +got):\n%s", step.name, diff)
+		}
+	}
+	if diff := cmp.Diff([]string{"backend1", "backend2", "backend3"}, backendsOf(l.ask(t, web, 9))); diff != "" {
+		t.Errorf("backends reached after repair (-want +got):\n%s", diff)
 	}
 }
 
@@ -251,5 +346,84 @@ func TestIPVSRepairsWhatOthersChanged(t *testing.T) {
 	mustSync(t, v, web)
 	if diff := cmp.Diff([]string{"backend1", "backend2", "backend3"}, backendsOf(l.ask(t, web, 9))); diff != "" {
 		t.Errorf("backends reached after repair (-want +got):\n%s", diff)
+	}
+}
+
+// prepare reuses the last sync's services but must answer as Prepare does.
+func TestIPVSPrepareMatchesPrepare(t *testing.T) {
+	known, _ := Prepare(bigTable(50, 3))
+	mapped := cloneSlice(known)
+	mapped[10].Addr = netip.AddrFrom16(known[10].Addr.As16())
+	invalid := cloneSlice(known)
+	invalid[20].Scheduler = "nope"
+	unsorted := cloneSlice(known)
+	unsorted[0], unsorted[1] = unsorted[1], unsorted[0]
+	duplicate := append(cloneSlice(known[:5]), known[4:]...)
+	noScheduler := cloneSlice(known)
+	noScheduler[30].Scheduler = ""
+	tests := []struct {
+		name string
+		in   []VirtualService
+	}{
+		{"unchanged", known},
+		{"one endpoint changed", oneEndpointChanged(known, 7)},
+		{"one removed, one added", append(cloneSlice(known[1:]), VirtualService{Key: Key{Addr: netip.MustParseAddr("172.27.0.1"), Port: 80, Protocol: TCP}})},
+		{"not canonical: default scheduler", noScheduler},
+		{"not canonical: mapped address", mapped},
+		{"invalid scheduler", invalid},
+		{"unsorted", unsorted},
+		{"duplicate", duplicate},
+		{"empty", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			want, wantErr := Prepare(tc.in)
+			got, err := (&IPVS{known: known}).prepare(tc.in)
+			if diff := cmp.Diff(want, got, addrCmp, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("prepare mismatch with Prepare (-want +got):\n%s", diff)
+			}
+			for _, sentinel := range []error{ErrInvalidService, ErrUnknownScheduler, ErrDuplicateService} {
+				if errors.Is(err, sentinel) != errors.Is(wantErr, sentinel) {
+					t.Errorf("prepare error %v, Prepare error %v", err, wantErr)
+				}
+			}
+		})
+	}
+}
+
+// A sync between full reads takes a new service as absent; if another
+// program added it meanwhile, the sync fails (EEXIST) and the next one
+// reads everything and repairs it.
+func TestIPVSNetlinkErrorForcesFullRead(t *testing.T) {
+	requireRoot(t)
+	if ok, reason := Available(); !ok {
+		t.Skip(reason)
+	}
+	l := newLab(t, 3)
+	v := newIPVS(t, l)
+	web := l.service(labVIP4, TCP, true, 1, 2)
+	mustSync(t, v, web)
+	other, err := ipvs.New(fmt.Sprintf("/proc/self/fd/%d", int(l.node)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	web2 := l.service(labVIP4, TCP, true, 3)
+	web2.Port++
+	foreign := toIPVSService(VirtualService{Key: web2.Key, Scheduler: WeightedLeastConnection})
+	if err := other.NewService(foreign); err != nil {
+		t.Fatalf("tamper: %v", err)
+	}
+	if err := v.Sync(t.Context(), []VirtualService{web, web2}); !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("Sync over a service another program added = %v, want EEXIST", err)
+	}
+	mustSync(t, v, web, web2)
+	got, err := v.Read(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Prepare([]VirtualService{web, web2})
+	if diff := cmp.Diff(want, got, addrCmp, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("IPVS after repair (-want +got):\n%s", diff)
 	}
 }

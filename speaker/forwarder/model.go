@@ -22,6 +22,18 @@ type Table interface {
 	Sync(ctx context.Context, services []VirtualService) error
 }
 
+// Cleaner is a Table that can take back what it installed, for a speaker
+// that stops cleanly.
+type Cleaner interface {
+	// Cleanup removes the virtual services, rules and addresses this Table
+	// installed, provided the kernel still holds exactly what its last
+	// successful Sync left. Otherwise another program (a successor speaker)
+	// has taken over since, and Cleanup leaves everything in place and
+	// returns ErrChangedSinceSync. A Table that never synced removes
+	// nothing.
+	Cleanup(ctx context.Context) error
+}
+
 // Protocol is the transport protocol of a virtual service.
 type Protocol string
 
@@ -68,6 +80,7 @@ var (
 	ErrInvalidService   = errors.New("invalid virtual service")
 	ErrUnknownScheduler = errors.New("unknown scheduler")
 	ErrDuplicateService = errors.New("duplicate virtual service")
+	ErrChangedSinceSync = errors.New("forwarding state changed by another program since the last sync")
 )
 
 // Key identifies a virtual service: what a client connects to.

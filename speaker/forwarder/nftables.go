@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,21 +23,32 @@ import (
 // IPVS. Everything lives in one inet table it owns:
 //
 //	map services4/services6: daddr . l4proto . dport -> goto svc-<vip>-<proto>-<port>
-//	map backends4/backends6: daddr . l4proto . dport . slot -> backend addr . port
+//	maps backends4-00..backends4-3f, backends6-00..: daddr . l4proto . dport
+//	  . slot -> backend addr . port, each service in the shard its key
+//	  hashes to
 //	set masquerade4/masquerade6: the service keys of services that masquerade
 //	chain services: marks masquerade traffic, then looks up the service maps
 //	chain prerouting/output (nat, dstnat): jump services
 //	chain postrouting (nat, srcnat): masquerade what carries the mark
 //	chain svc-...: one per service: numgen or jhash picks a slot, the
-//	  backends map gives the DNAT target; then drop (no backend)
+//	  service's backends shard gives the DNAT target; then drop (no backend)
 //
-// A sync touches only the services that changed. A replaced endpoint
-// changes map elements alone; a new number of endpoints, scheduler or
-// affinity rewrites that service's chain too, after which the kernel
-// revalidates the table's jumps (a cost that grows with the table). The
-// maps are shared rather than one per service because the kernel finds a
-// table's sets by linear search, and so that a read is a fixed handful of
-// dumps whatever the table's size.
+// A packet costs two hash lookups and one short chain whatever the number
+// of services. A sync touches only the services that changed. A replaced
+// endpoint changes map elements alone; a new number of endpoints, scheduler
+// or affinity rewrites that service's chain too, after which the kernel
+// revalidates the table's jumps (a cost that grows with the table).
+//
+// Why shards: each time a rule in another chain starts using a map, the
+// kernel walks every element of that map (to validate jumps, even in a map
+// of addresses). With one backends map, loading 10,000 services walked it
+// 10,000 times: 27 s against 0.3 s for 1,000. One map per service would
+// cost a linear search per message instead (the kernel finds a table's sets
+// by name in a list) and a dump per service on every read. A fixed number
+// of shards keeps both small: a chain's first use walks 1/64 of the
+// backends, and a read is a fixed handful of dumps whatever the table's
+// size. (Passing the slot in a register to one shared DNAT chain is not an
+// option: the kernel refuses a rule that reads a register it did not write.)
 //
 // Level-triggered without re-reading 10,000 services on every sync: the
 // nftables ruleset generation, which every commit by anyone increments,
@@ -73,9 +86,13 @@ type NFTables struct {
 	cached    []VirtualService
 	cachedGen uint32
 	cacheOK   bool
+	// synced says a sync succeeded: cached is what this forwarder last
+	// left in the kernel.
+	synced bool
 	// masqueradeOnly keeps just the masquerade sets (the IPVS forwarder's
 	// companion): no service chains, no DNAT.
 	masqueradeOnly bool
+	udp            udpFlows
 }
 
 // NFTablesConfig configures an NFTables forwarder.
@@ -124,7 +141,10 @@ func NewNFTables(cfg NFTablesConfig) (*NFTables, error) {
 	if cfg.MaxBatchMessages == 0 {
 		cfg.MaxBatchMessages = defaultMaxBatch
 	}
-	n := &NFTables{cfg: cfg}
+	n := &NFTables{cfg: cfg, udp: udpFlows{ns: netns.None()}}
+	if cfg.NetNS != 0 {
+		n.udp.ns = netns.NsHandle(cfg.NetNS)
+	}
 	if err := n.dial(); err != nil {
 		return nil, err
 	}
@@ -167,6 +187,9 @@ func bigBuffers(c *netlink.Conn) error {
 
 // Close releases the netlink sockets; the kernel table stays.
 func (n *NFTables) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.udp.close()
 	return errors.Join(n.conn.CloseLasting(), n.gen.Close())
 }
 
@@ -220,6 +243,46 @@ func (n *NFTables) Delete(ctx context.Context) error {
 	return nil
 }
 
+// Cleanup deletes ironlb's table if it still holds what the last sync
+// left; see Cleaner.
+func (n *NFTables) Cleanup(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.synced {
+		return nil
+	}
+	if err := n.unchanged(ctx); err != nil {
+		return err
+	}
+	n.synced, n.cacheOK = false, false
+	n.conn.DelTable(n.table())
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("delete nftables table %s: %w", n.cfg.Table, err)
+	}
+	return nil
+}
+
+// unchanged returns nil when the kernel's table is what the last sync left:
+// either no commit happened since, or the table reads back the same (a
+// commit elsewhere in the ruleset bumps the generation too).
+func (n *NFTables) unchanged(ctx context.Context) error {
+	g, err := n.generation()
+	if err != nil {
+		return err
+	}
+	if n.cacheOK && g == n.cachedGen {
+		return nil
+	}
+	st, err := n.read(ctx)
+	if err != nil {
+		return err
+	}
+	if !st.base || len(st.strayChains) > 0 || len(st.strayElements) > 0 || !Diff(st.services, n.cached).Empty() {
+		return fmt.Errorf("nftables table %s: %w", n.cfg.Table, ErrChangedSinceSync)
+	}
+	return nil
+}
+
 func (n *NFTables) sync(ctx context.Context, desired []VirtualService) error {
 	log := n.cfg.Logger
 	g0, err := n.generation()
@@ -269,6 +332,9 @@ func (n *NFTables) sync(ctx context.Context, desired []VirtualService) error {
 			return err
 		}
 		old, vs := find(st.services, k), find(desired, k)
+		if !n.masqueradeOnly {
+			n.udp.note(old, vs)
+		}
 		msgs := 0
 		switch {
 		case vs != nil:
@@ -295,7 +361,11 @@ func (n *NFTables) sync(ctx context.Context, desired []VirtualService) error {
 	// their number; otherwise someone else committed too and the next sync
 	// must read the kernel.
 	n.cacheOK = g1 == g0+uint32(b.commits)
-	n.cached, n.cachedGen = desired, g1
+	n.cached, n.cachedGen, n.synced = desired, g1, true
+	if err := n.udp.flush(); err != nil {
+		// The table is right; the flows are retried on the next sync.
+		log.Error(err, "flush conntrack entries of removed UDP backends")
+	}
 	if !changes.Empty() {
 		log.V(1).Info("synced nftables forwarder", "added", len(changes.Add), "updated", len(changes.Update),
 			"deleted", len(changes.Delete), "backendsChanged", len(changes.Backends))
@@ -373,11 +443,39 @@ func (n *NFTables) servicesMap(a netip.Addr) *nftables.Set {
 	return &nftables.Set{Table: n.table(), Name: "services6", IsMap: true, Concatenation: true, KeyType: serviceKey6, DataType: nftables.TypeVerdict}
 }
 
-func (n *NFTables) backendsMap(a netip.Addr) *nftables.Set {
+// backendShards is how many backends maps each address family has; see
+// the type's comment. Changing it makes the next sync rebuild an existing
+// table, since a read accepts only the sets it expects.
+const backendShards = 64
+
+// shard returns the backends map shard of a service, a hash of its key.
+func shard(k Key) int {
+	h := fnv.New32a()
+	_, _ = h.Write(serviceKey(k))
+	return int(h.Sum32() % backendShards)
+}
+
+func (n *NFTables) backendsMap(k Key) *nftables.Set {
+	return n.backendsShard(k.Addr, shard(k))
+}
+
+func (n *NFTables) backendsShard(a netip.Addr, i int) *nftables.Set {
 	if a.Is4() {
-		return &nftables.Set{Table: n.table(), Name: "backends4", IsMap: true, Concatenation: true, KeyType: backendKey4, DataType: backend4}
+		return &nftables.Set{Table: n.table(), Name: fmt.Sprintf("backends4-%02x", i), IsMap: true, Concatenation: true, KeyType: backendKey4, DataType: backend4}
 	}
-	return &nftables.Set{Table: n.table(), Name: "backends6", IsMap: true, Concatenation: true, KeyType: backendKey6, DataType: backend6}
+	return &nftables.Set{Table: n.table(), Name: fmt.Sprintf("backends6-%02x", i), IsMap: true, Concatenation: true, KeyType: backendKey6, DataType: backend6}
+}
+
+// skeletonSets lists every set and map of an intact table.
+func (n *NFTables) skeletonSets() []*nftables.Set {
+	var sets []*nftables.Set
+	for _, a := range []netip.Addr{any4, any6} {
+		sets = append(sets, n.servicesMap(a), n.masqueradeSet(a))
+		for i := range backendShards {
+			sets = append(sets, n.backendsShard(a, i))
+		}
+	}
+	return sets
 }
 
 func (n *NFTables) masqueradeSet(a netip.Addr) *nftables.Set {
@@ -398,12 +496,10 @@ var baseChains = map[string]int{"services": 4, "prerouting": 1, "output": 1, "po
 
 func (n *NFTables) addSkeleton() {
 	t := n.conn.AddTable(n.table())
-	for _, a := range []netip.Addr{any4, any6} {
+	for _, s := range n.skeletonSets() {
 		// Errors from AddSet only concern anonymous sets or bad element
 		// lists; these named, empty sets have neither.
-		_ = n.conn.AddSet(n.servicesMap(a), nil)
-		_ = n.conn.AddSet(n.masqueradeSet(a), nil)
-		_ = n.conn.AddSet(n.backendsMap(a), nil)
+		_ = n.conn.AddSet(s, nil)
 	}
 	services := n.conn.AddChain(&nftables.Chain{Name: "services", Table: t})
 	mark := n.cfg.MasqueradeMark
@@ -460,7 +556,7 @@ func (n *NFTables) writeService(vs VirtualService, old *VirtualService) (int, er
 		// A map element's comment cannot be updated in place: remove the
 		// old slots and add the new ones in the same transaction.
 		if elems, _ := n.backendElements(*old); len(elems) > 0 {
-			if err := n.conn.SetDeleteElements(n.backendsMap(vs.Addr), elems); err != nil {
+			if err := n.conn.SetDeleteElements(n.backendsMap(vs.Key), elems); err != nil {
 				return 0, fmt.Errorf("queue removal of backends of %s: %w", vs.Key, err)
 			}
 			msgs++
@@ -468,7 +564,7 @@ func (n *NFTables) writeService(vs VirtualService, old *VirtualService) (int, er
 	}
 	elems, reachable := n.backendElements(vs)
 	if len(elems) > 0 {
-		if err := n.conn.SetAddElements(n.backendsMap(vs.Addr), elems); err != nil {
+		if err := n.conn.SetAddElements(n.backendsMap(vs.Key), elems); err != nil {
 			return 0, fmt.Errorf("queue backends of %s: %w", vs.Key, err)
 		}
 		msgs++
@@ -511,7 +607,7 @@ func (n *NFTables) writeChain(vs VirtualService, reachable uint32) {
 		exprs := selector(vs, reachable, r)
 		exprs = append(exprs, matchService(vs.Addr)[2:]...)
 		exprs = append(exprs,
-			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: n.backendsMap(vs.Addr).Name},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: n.backendsMap(vs.Key).Name},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1, RegProtoMin: r.proto},
 		)
 		n.conn.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: exprs})
@@ -549,7 +645,7 @@ func (n *NFTables) deleteService(vs VirtualService) (int, error) {
 		return 0, fmt.Errorf("queue removal of %s: %w", vs.Key, err)
 	}
 	if elems, _ := n.backendElements(vs); len(elems) > 0 {
-		if err := n.conn.SetDeleteElements(n.backendsMap(vs.Addr), elems); err != nil {
+		if err := n.conn.SetDeleteElements(n.backendsMap(vs.Key), elems); err != nil {
 			return 0, fmt.Errorf("queue removal of backends of %s: %w", vs.Key, err)
 		}
 	}
@@ -557,4 +653,14 @@ func (n *NFTables) deleteService(vs VirtualService) (int, error) {
 	n.conn.FlushChain(c)
 	n.conn.DelChain(c)
 	return 5, nil
+}
+
+// unchangedSinceSync is unchanged for callers outside n.mu.
+func (n *NFTables) unchangedSinceSync(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.synced {
+		return nil
+	}
+	return n.unchanged(ctx)
 }

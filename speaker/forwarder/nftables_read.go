@@ -40,7 +40,7 @@ type nftRule struct {
 
 // read rebuilds the table from the kernel with a fixed number of dumps,
 // whatever its size: chains, sets, all rules of the table, and the
-// elements of the six maps and sets.
+// elements of the maps and sets (four, plus the backends shards).
 func (n *NFTables) read(ctx context.Context) (*nftState, error) {
 	st := &nftState{}
 	tables, err := n.conn.ListTablesOfFamily(nftables.TableFamilyINet)
@@ -56,12 +56,20 @@ func (n *NFTables) read(ctx context.Context) (*nftState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list nftables sets: %w", err)
 	}
-	for _, a := range []netip.Addr{any4, any6} {
-		for _, want := range []*nftables.Set{n.servicesMap(a), n.backendsMap(a), n.masqueradeSet(a)} {
-			if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == want.Name }) {
-				return st, nil
-			}
+	// Exactly the expected sets: a table from a release with another
+	// layout is rebuilt rather than half understood.
+	want := map[string]bool{}
+	for _, s := range n.skeletonSets() {
+		want[s.Name] = true
+	}
+	for _, s := range sets {
+		if !want[s.Name] {
+			return st, nil
 		}
+		delete(want, s.Name)
+	}
+	if len(want) > 0 {
+		return st, nil
 	}
 	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -112,18 +120,21 @@ func (n *NFTables) read(ctx context.Context) (*nftState, error) {
 	}
 	valid := map[string]bool{}
 	for _, a := range []netip.Addr{any4, any6} {
-		backends, err := n.conn.GetSetElements(n.backendsMap(a))
-		if err != nil {
-			return nil, fmt.Errorf("list nftables map %s: %w", n.backendsMap(a).Name, err)
-		}
 		slotsOf := map[Key][]nftables.SetElement{}
-		for _, e := range backends {
-			k, ok := parseServiceKey(e.Key[:len(e.Key)-4])
-			if !ok || n.masqueradeOnly {
-				st.strayElements = append(st.strayElements, strayElement{n.backendsMap(a), e.Key})
-				continue
+		for i := range backendShards {
+			m := n.backendsShard(a, i)
+			backends, err := n.conn.GetSetElements(m)
+			if err != nil {
+				return nil, fmt.Errorf("list nftables map %s: %w", m.Name, err)
 			}
-			slotsOf[k] = append(slotsOf[k], e)
+			for _, e := range backends {
+				k, ok := parseServiceKey(e.Key[:len(e.Key)-4])
+				if !ok || n.masqueradeOnly || shard(k) != i {
+					st.strayElements = append(st.strayElements, strayElement{m, e.Key})
+					continue
+				}
+				slotsOf[k] = append(slotsOf[k], e)
+			}
 		}
 		m := n.servicesMap(a)
 		elems, err := n.conn.GetSetElements(m)
@@ -147,9 +158,9 @@ func (n *NFTables) read(ctx context.Context) (*nftState, error) {
 			valid[chain] = true
 			st.services = append(st.services, vs)
 		}
-		for _, elems := range slotsOf {
+		for k, elems := range slotsOf {
 			for _, e := range elems {
-				st.strayElements = append(st.strayElements, strayElement{n.backendsMap(a), e.Key})
+				st.strayElements = append(st.strayElements, strayElement{n.backendsMap(k), e.Key})
 			}
 		}
 	}

@@ -3,8 +3,12 @@ package forwarder
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/nftables"
@@ -172,6 +176,78 @@ func TestNFTablesInvalidServiceDoesNotBlockOthers(t *testing.T) {
 	}
 }
 
+// tableExists reports whether the node holds ironlb's nftables table.
+func tableExists(t *testing.T, ns netns.NsHandle) bool {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatalf("nftables conn: %v", err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	for _, tb := range tables {
+		if tb.Name == defaultTable {
+			return true
+		}
+	}
+	return false
+}
+
+// A stopping speaker takes its table back, but not once a successor has
+// rewritten it, and never a table it did not write.
+func TestNFTablesCleanup(t *testing.T) {
+	l := newLab(t, 3)
+	dumpRuleset(t, l.node)
+	web := l.service(labVIP4, TCP, true, 1, 2)
+
+	t.Run("own table is deleted, even after others' commits", func(t *testing.T) {
+		n := newNFTables(t, l.node)
+		mustSync(t, n, web)
+		// Someone else's commit moves the generation; the table itself is
+		// still what the sync left.
+		other, err := nftables.New(nftables.WithNetNSFd(int(l.node)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		other.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "someone-else"})
+		if err := other.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Cleanup(t.Context()); err != nil {
+			t.Fatalf("Cleanup: %v", err)
+		}
+		if tableExists(t, l.node) {
+			t.Errorf("table %s still exists after Cleanup", defaultTable)
+		}
+		l.refused(t, web)
+	})
+
+	t.Run("successor's table stays", func(t *testing.T) {
+		old, successor := newNFTables(t, l.node), newNFTables(t, l.node)
+		mustSync(t, old, web)
+		moved := l.service(labVIP4, TCP, true, 3)
+		mustSync(t, successor, moved)
+		if err := old.Cleanup(t.Context()); !errors.Is(err, ErrChangedSinceSync) {
+			t.Errorf("Cleanup() error = %v, want %v", err, ErrChangedSinceSync)
+		}
+		if diff := cmp.Diff([]string{"backend3"}, backendsOf(l.ask(t, moved, 3))); diff != "" {
+			t.Errorf("backends reached after the old forwarder's Cleanup (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("a forwarder that never synced removes nothing", func(t *testing.T) {
+		mustSync(t, newNFTables(t, l.node), web)
+		if err := newNFTables(t, l.node).Cleanup(t.Context()); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+		if diff := cmp.Diff([]string{"backend1", "backend2"}, backendsOf(l.ask(t, web, 6))); diff != "" {
+			t.Errorf("backends reached (-want +got):\n%s", diff)
+		}
+	})
+}
+
 // BenchmarkNFTablesSync measures the DESIGN target: 10,000 services x 10
 // endpoints, one endpoint changes. full_sync is the first programming of
 // the whole table; full_read is a sync after someone else touched the
@@ -247,5 +323,102 @@ func TestNFTablesLargeTable(t *testing.T) {
 	mustSync(t, n, oneEndpointChanged(table, 1234)...)
 	if g1, _ := n.generation(); g1 != g0+1 {
 		t.Errorf("one endpoint change took %d transactions, want 1", g1-g0)
+	}
+}
+
+// BenchmarkNFTablesPath compares one TCP flow from the lab's client to a
+// backend through the nftables forwarder (service address, DNAT and
+// masquerade) with the same flow sent straight to the backend's address:
+// bulk throughput over one connection, and the round trip of one byte on an
+// established connection. Both paths cross the node's routing; the
+// difference is the forwarder.
+func BenchmarkNFTablesPath(b *testing.B) {
+	l := newLab(b, 1)
+	be := l.backends[0]
+	const port = 9000
+	var ln net.Listener
+	if err := withNetNS(be.ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// The first byte picks the mode: 's' sinks, anything else echoes.
+			go func() {
+				defer c.Close()
+				first := make([]byte, 1)
+				if _, err := io.ReadFull(c, first); err != nil {
+					return
+				}
+				if first[0] == 's' {
+					_, _ = io.Copy(io.Discard, c)
+					return
+				}
+				_, _ = c.Write(first)
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	route(b, l.client, netip.MustParsePrefix("10.244.0.0/16"), nodeAddr4)
+	vs := VirtualService{Key: Key{Addr: labVIP4, Port: port, Protocol: TCP}, Masquerade: true,
+		Backends: []Backend{{Addr: be.addr4, Port: port, Weight: DefaultWeight}}}
+	n := newNFTables(b, l.node)
+	if err := n.Sync(b.Context(), []VirtualService{vs}); err != nil {
+		b.Fatal(err)
+	}
+	dial := func(b *testing.B, to netip.AddrPort, mode byte) net.Conn {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c, err := l.dialFromClient(b.Context(), "tcp", to)
+			if err == nil {
+				if _, err = c.Write([]byte{mode}); err == nil {
+					return c
+				}
+				c.Close()
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("dial %s: %v", to, err)
+			}
+		}
+	}
+	for _, path := range []struct {
+		name string
+		to   netip.AddrPort
+	}{{"direct", netip.AddrPortFrom(be.addr4, port)}, {"forwarded", netip.AddrPortFrom(labVIP4, port)}} {
+		b.Run("path="+path.name+"/throughput", func(b *testing.B) {
+			c := dial(b, path.to, 's')
+			defer c.Close()
+			buf := make([]byte, 1<<20)
+			b.SetBytes(int64(len(buf)))
+			for b.Loop() {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("path="+path.name+"/round_trip", func(b *testing.B) {
+			c := dial(b, path.to, 'e')
+			defer c.Close()
+			one := make([]byte, 1)
+			if _, err := io.ReadFull(c, one); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if _, err := c.Write(one); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, one); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

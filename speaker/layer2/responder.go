@@ -77,6 +77,7 @@ type Responder struct {
 	schedule  []time.Duration
 	log       logr.Logger
 	counters  *counters
+	carrier   func(net.Interface) bool
 
 	// owned is read by the packet loops on every frame without locking.
 	owned atomic.Pointer[map[netip.Addr]struct{}]
@@ -100,6 +101,10 @@ type ResponderConfig struct {
 	Schedule []time.Duration
 	Logger   logr.Logger
 	stats    *counters
+	// carrier reports whether the interface has a link (default: the
+	// kernel's IFF_RUNNING, set when it is up with carrier, as the calling
+	// thread's namespace sees it).
+	carrier func(net.Interface) bool
 }
 
 // NewResponder returns a responder for ifi that uses conns, which it owns
@@ -117,6 +122,9 @@ func NewResponder(ifi net.Interface, conns Conns, cfg ResponderConfig) (*Respond
 	if cfg.stats == nil {
 		cfg.stats = &counters{}
 	}
+	if cfg.carrier == nil {
+		cfg.carrier = hasCarrier
+	}
 	r := &Responder{
 		ifi:       ifi,
 		conns:     conns,
@@ -124,6 +132,7 @@ func NewResponder(ifi net.Interface, conns Conns, cfg ResponderConfig) (*Respond
 		schedule:  slices.Sorted(slices.Values(cfg.Schedule)),
 		log:       cfg.Logger.WithValues("iface", ifi.Name),
 		counters:  cfg.stats,
+		carrier:   cfg.carrier,
 		kick:      make(chan struct{}, 1),
 		groups:    map[netip.Addr]int{},
 		pending:   map[netip.Addr]announcement{},
@@ -189,6 +198,26 @@ func (r *Responder) Set(addrs []netip.Addr) error {
 	default:
 	}
 	return errors.Join(errs...)
+}
+
+// Reannounce announces every owned address again per the schedule, as if
+// it had just been gained. The speaker calls it when a partition heals: the
+// other side may have announced these addresses meanwhile, and neighbours
+// that followed it must come back without waiting for their entries to go
+// stale.
+func (r *Responder) Reannounce() {
+	r.mu.Lock()
+	if len(r.schedule) > 0 {
+		now := time.Now()
+		for a := range *r.owned.Load() {
+			r.pending[a] = announcement{gained: now}
+		}
+	}
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (r *Responder) joinLocked(a netip.Addr) error {
@@ -365,6 +394,15 @@ func (r *Responder) announceDue(now time.Time) (time.Time, bool) {
 		}
 	}
 	r.mu.Unlock()
+	if len(due) > 0 && !r.carrier(r.ifi) {
+		// Without carrier the frames go nowhere, and they must not be
+		// kept for later: an address gained while cut off was won on a
+		// membership view that saw the others dead, and announcing it
+		// once the link is back would take it from its real owner. The
+		// owner re-announces once the membership heals.
+		r.log.V(1).Info("no carrier, announcements dropped", "addresses", len(due))
+		return next, !next.IsZero()
+	}
 	for _, a := range due {
 		if err := r.announce(a); err != nil {
 			r.log.Error(err, "cannot announce address", "ip", a)
@@ -400,6 +438,16 @@ func (r *Responder) announce(a netip.Addr) error {
 	}
 	r.counters.announced.Add(1)
 	return nil
+}
+
+// hasCarrier asks the kernel whether ifi is up with a link.
+func hasCarrier(ifi net.Interface) bool {
+	cur, err := net.InterfaceByIndex(ifi.Index)
+	if err != nil {
+		// Unknown: announcing is the safe side for an address we own.
+		return true
+	}
+	return cur.Flags&net.FlagRunning != 0
 }
 
 // Stats counts what this responder did (shared by all responders that

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,14 +16,19 @@ type testResponder struct {
 	*Responder
 	arp, ndp *fakeConn
 	groups   *fakeGroups
-	stop     func()
+	// noCarrier simulates the interface's link being down.
+	noCarrier atomic.Bool
+	stop      func()
 }
 
 func startResponder(t *testing.T, schedule []time.Duration) *testResponder {
 	t.Helper()
 	tr := &testResponder{arp: newFakeConn(), ndp: newFakeConn(), groups: &fakeGroups{}}
 	ifi := net.Interface{Index: 7, Name: "eth0", MTU: 1500, HardwareAddr: ourMAC}
-	r, err := NewResponder(ifi, Conns{ARP: tr.arp, NDP: tr.ndp, Groups: tr.groups, LinkLocal: ourLL}, ResponderConfig{Schedule: schedule})
+	r, err := NewResponder(ifi, Conns{ARP: tr.arp, NDP: tr.ndp, Groups: tr.groups, LinkLocal: ourLL}, ResponderConfig{
+		Schedule: schedule,
+		carrier:  func(net.Interface) bool { return !tr.noCarrier.Load() },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,5 +167,77 @@ func TestResponderStopsAnnouncingLostAddress(t *testing.T) {
 func TestNewResponderRejectsNonEthernet(t *testing.T) {
 	if _, err := NewResponder(net.Interface{Name: "tun0"}, Conns{}, ResponderConfig{}); err == nil {
 		t.Error("NewResponder(tun0 without MAC) = nil error, want one")
+	}
+}
+
+// noFrame fails if c writes a frame within wait.
+func (c *fakeConn) noFrame(t *testing.T, wait time.Duration, why string) {
+	t.Helper()
+	select {
+	case f := <-c.out:
+		t.Errorf("%s: frame written: % x", why, f)
+	case <-time.After(wait):
+	}
+}
+
+func TestResponderReannounce(t *testing.T) {
+	r := startResponder(t, []time.Duration{0})
+	if err := r.Set([]netip.Addr{vip4, vip6}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		r.arp.next(t, "gratuitous ARP on gaining the address")
+	}
+	r.ndp.next(t, "unsolicited advertisement on gaining the address")
+
+	// Keeping the addresses sends nothing; a heal re-announces them all.
+	if err := r.Set([]netip.Addr{vip4, vip6}); err != nil {
+		t.Fatal(err)
+	}
+	r.arp.noFrame(t, 50*time.Millisecond, "addresses kept")
+	r.Reannounce()
+	for i := range 2 {
+		if a := decodeARP(t, r.arp.next(t, "gratuitous ARP after Reannounce")); a.SenderIP != vip4 || a.TargetIP != vip4 {
+			t.Errorf("ARP frame %d after Reannounce = %+v, want an announcement of %v", i, a, vip4)
+		}
+	}
+	if n := decodeNA(t, r.ndp.next(t, "unsolicited advertisement after Reannounce")); n.Target != vip6 || !n.Override || n.Solicited {
+		t.Errorf("advertisement after Reannounce = %+v, want an unsolicited override of %v", n, vip6)
+	}
+}
+
+func TestResponderDropsAnnouncementsWithoutCarrier(t *testing.T) {
+	r := startResponder(t, []time.Duration{0, 30 * time.Millisecond})
+	r.noCarrier.Store(true)
+	// Won while the link was down: neither sent nor kept for later.
+	if err := r.Set([]netip.Addr{vip4}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		r.Responder.mu.Lock()
+		defer r.Responder.mu.Unlock()
+		return len(r.Responder.pending) == 0
+	}, "the announcement schedule to run out")
+	r.noCarrier.Store(false)
+	r.arp.noFrame(t, 100*time.Millisecond, "announcements due while the link was down")
+
+	// Requests are still answered: the address is ours as far as we know.
+	r.arp.in <- arpFrame(t, arp.OperationRequest, clientMAC, clientIP, vip4)
+	if got := decodeARP(t, r.arp.next(t, "ARP reply")); got.SenderIP != vip4 || got.Op != arp.OperationReply {
+		t.Errorf("frame out = %+v, want a reply for %v", got, vip4)
+	}
+	if got := r.Stats().Announcements; got != 0 {
+		t.Errorf("Stats().Announcements = %d, want 0", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }

@@ -122,6 +122,16 @@ func (r *Responders) Owned() map[string][]netip.Addr {
 	return out
 }
 
+// Reannounce announces every address answered for again, on every
+// interface, per the schedule (see Responder.Reannounce).
+func (r *Responders) Reannounce() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, run := range r.running {
+		run.resp.Reannounce()
+	}
+}
+
 // Start applies the state given to Sync, then keeps it applied (new
 // interfaces, failed sockets) until ctx ends, when every responder stops.
 func (r *Responders) Start(ctx context.Context) error {
@@ -233,6 +243,7 @@ func (r *Responders) startLocked(ifi net.Interface) (*running, error) {
 		Schedule: r.cfg.Schedule,
 		Logger:   r.log,
 		stats:    &r.counters,
+		carrier:  r.carrier,
 	})
 	if err != nil {
 		_ = conns.close()
@@ -249,6 +260,22 @@ func (r *Responders) startLocked(ifi net.Interface) (*running, error) {
 		}
 	})
 	return run, nil
+}
+
+// carrier reports whether ifi is up with a link, as the interface list
+// (which sees the sockets' namespace) shows it now.
+func (r *Responders) carrier(ifi net.Interface) bool {
+	ifaces, err := r.cfg.Interfaces()
+	if err != nil {
+		// Unknown: announcing is the safe side for an address we own.
+		return true
+	}
+	for _, cur := range ifaces {
+		if cur.Index == ifi.Index {
+			return cur.Flags&net.FlagRunning != 0
+		}
+	}
+	return false
 }
 
 func (r *Responders) suitable(ifi net.Interface) bool {

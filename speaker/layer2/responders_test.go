@@ -50,7 +50,7 @@ func (h *fakeHost) enslaved(name string) bool { return name == "eth3" }
 
 func mac(b byte) net.HardwareAddr { return net.HardwareAddr{2, 0, 0, 0, 0, b} }
 
-const ethFlags = net.FlagUp | net.FlagBroadcast | net.FlagMulticast
+const ethFlags = net.FlagUp | net.FlagRunning | net.FlagBroadcast | net.FlagMulticast
 
 func newFakeHost() *fakeHost {
 	return &fakeHost{ifaces: []net.Interface{

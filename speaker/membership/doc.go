@@ -47,7 +47,12 @@
 // message spreads within one GossipInterval and the others drop it at once,
 // without waiting for failure detection.
 //
-// A cluster split by a partition heals on its own while the two sides still
-// gossip to members they recently declared dead; after longer splits the
-// speaker re-joins the peers it knows from the API with Join.
+// Memberlist does not probe members it declared dead, so two sides of a
+// partition (or a node whose link was down) would not notice on their own
+// that they can talk again. Every member therefore contacts the members
+// that failed or left within RejoinWindow (2 min) again every
+// RejoinInterval (500 ms) with a join, a full state exchange in which each
+// side refutes its own death: a partition heals within about a second of
+// the network healing. After longer splits the speaker re-joins the peers
+// it knows from the API with Join.
 package membership

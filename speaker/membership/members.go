@@ -58,6 +58,13 @@ type Config struct {
 	// LeaveTimeout bounds how long a clean stop waits for its leave message
 	// to go out (default 1 s).
 	LeaveTimeout time.Duration
+	// RejoinInterval is how often a member that failed or left within the
+	// last RejoinWindow is contacted again (default 500 ms), and so about
+	// how long a healed partition or a node whose link came back takes to
+	// merge (see the package comment). RejoinWindow defaults to 2 min;
+	// after it the speaker's slower rejoin through the API takes over.
+	RejoinInterval time.Duration
+	RejoinWindow   time.Duration
 
 	Logger logr.Logger
 }
@@ -73,6 +80,8 @@ const (
 	defaultPushPullInterval        = 10 * time.Second
 	defaultTCPTimeout              = 2 * time.Second
 	defaultLeaveTimeout            = time.Second
+	defaultRejoinInterval          = 500 * time.Millisecond
+	defaultRejoinWindow            = 2 * time.Minute
 )
 
 // DeriveKey turns the Secret's value into memberlist's 32-byte AES-256 key,
@@ -97,6 +106,18 @@ type Members struct {
 	// crashOnStop makes Start shut down without leaving, as a killed
 	// process would; tests use it to exercise failure detection.
 	crashOnStop bool
+
+	// departedMu guards departed, which memberlist's callbacks write
+	// under memberlist's own locks.
+	departedMu sync.Mutex
+	departed   map[string]departure
+}
+
+// departure is a member that failed or left: where it was and when.
+type departure struct {
+	addr     string
+	since    time.Time
+	inFlight bool // a rejoin attempt is running
 }
 
 // New validates cfg. It starts nothing: Start does.
@@ -119,6 +140,8 @@ func New(cfg Config) (*Members, error) {
 	setDefault(&cfg.PushPullInterval, defaultPushPullInterval)
 	setDefault(&cfg.TCPTimeout, defaultTCPTimeout)
 	setDefault(&cfg.LeaveTimeout, defaultLeaveTimeout)
+	setDefault(&cfg.RejoinInterval, defaultRejoinInterval)
+	setDefault(&cfg.RejoinWindow, defaultRejoinWindow)
 	if cfg.ProbeTimeout >= cfg.ProbeInterval {
 		return nil, fmt.Errorf("%w: probe timeout %v must be shorter than probe interval %v",
 			ErrInvalidConfig, cfg.ProbeTimeout, cfg.ProbeInterval)
@@ -127,9 +150,10 @@ func New(cfg Config) (*Members, error) {
 		cfg.Logger = logr.Discard()
 	}
 	return &Members{
-		cfg:     cfg,
-		log:     cfg.Logger.WithValues("node", cfg.NodeName),
-		changes: make(chan struct{}, 1),
+		cfg:      cfg,
+		log:      cfg.Logger.WithValues("node", cfg.NodeName),
+		changes:  make(chan struct{}, 1),
+		departed: map[string]departure{},
 	}, nil
 }
 
@@ -172,6 +196,12 @@ func (m *Members) Start(ctx context.Context) error {
 		}
 	}
 
+	var rejoins sync.WaitGroup
+	rejoins.Go(func() { m.rejoinLoop(ctx, ml, &rejoins) })
+	// Attempts still running end with the shutdown (their connections
+	// fail); wait for them so none outlives Start.
+	defer rejoins.Wait()
+
 	<-ctx.Done()
 	m.mu.Lock()
 	crash := m.crashOnStop
@@ -186,6 +216,80 @@ func (m *Members) Start(ctx context.Context) error {
 		return fmt.Errorf("shut down memberlist: %w", err)
 	}
 	return nil
+}
+
+// rejoinLoop contacts members that failed or left recently, each at most
+// once at a time, every RejoinInterval.
+//
+// Memberlist never probes a member it declared dead, and gossips to it only
+// while it has news queued, so two sides that declared each other dead
+// during a partition (or a node whose link was down) may not notice for a
+// long time that they can talk again. A join is a full state exchange: the
+// side that finds itself declared dead in the other's state refutes it at
+// once, and both views merge. A target that is really gone costs a refused
+// or timed-out connection per interval.
+func (m *Members) rejoinLoop(ctx context.Context, ml *memberlist.Memberlist, attempts *sync.WaitGroup) {
+	tick := time.NewTicker(m.cfg.RejoinInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, d := range m.rejoinTargets(time.Now()) {
+			attempts.Go(func() {
+				n, err := ml.Join([]string{d.addr})
+				m.departedMu.Lock()
+				if cur, ok := m.departed[d.name]; ok && cur.addr == d.addr {
+					cur.inFlight = false
+					m.departed[d.name] = cur
+				}
+				m.departedMu.Unlock()
+				if err == nil && n > 0 {
+					m.log.V(1).Info("contacted a departed member again", "peer", d.name, "addr", d.addr)
+				}
+			})
+		}
+	}
+}
+
+type rejoinTarget struct{ name, addr string }
+
+// rejoinTargets returns the departures of the last RejoinWindow without an
+// attempt running, marking them as attempted, and forgets older ones.
+func (m *Members) rejoinTargets(now time.Time) []rejoinTarget {
+	m.departedMu.Lock()
+	defer m.departedMu.Unlock()
+	var out []rejoinTarget
+	for name, d := range m.departed {
+		if now.Sub(d.since) > m.cfg.RejoinWindow {
+			delete(m.departed, name)
+			continue
+		}
+		if d.inFlight {
+			continue
+		}
+		d.inFlight = true
+		m.departed[name] = d
+		out = append(out, rejoinTarget{name: name, addr: d.addr})
+	}
+	return out
+}
+
+func (m *Members) departedMember(n *memberlist.Node) {
+	if n.Name == m.cfg.NodeName {
+		return
+	}
+	m.departedMu.Lock()
+	defer m.departedMu.Unlock()
+	m.departed[n.Name] = departure{addr: n.FullAddress().Addr, since: time.Now()}
+}
+
+func (m *Members) returnedMember(n *memberlist.Node) {
+	m.departedMu.Lock()
+	defer m.departedMu.Unlock()
+	delete(m.departed, n.Name)
 }
 
 // Join contacts the given peers (host or host:port, default port the
@@ -283,8 +387,19 @@ func (m *Members) memberlistConfig() *memberlist.Config {
 // non-blocking notifications.
 type events struct{ m *Members }
 
-func (e events) NotifyJoin(*memberlist.Node)   { e.m.notify() }
-func (e events) NotifyLeave(*memberlist.Node)  { e.m.notify() }
+func (e events) NotifyJoin(n *memberlist.Node) {
+	e.m.returnedMember(n)
+	e.m.notify()
+}
+
+// NotifyLeave cannot tell a failure from a clean leave (the node's State is
+// not filled in): both are rejoined for a while, which for a speaker that
+// left costs a refused connection per interval.
+func (e events) NotifyLeave(n *memberlist.Node) {
+	e.m.departedMember(n)
+	e.m.notify()
+}
+
 func (e events) NotifyUpdate(*memberlist.Node) { e.m.notify() }
 
 // GoString keeps the secret out of %#v.
