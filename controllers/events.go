@@ -5,8 +5,10 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -18,7 +20,11 @@ import (
 // message, so `kubectl describe` would show a stale reason after the cause
 // of a failure changed.
 func newRecorder(mgr ctrl.Manager, component string) (record.EventRecorder, error) {
-	cs, err := kubernetes.NewForConfig(mgr.GetConfig())
+	cfg := rest.CopyConfig(mgr.GetConfig())
+	// Events are core types: protobuf costs the API server less to decode
+	// than JSON, and the controller writes one per assignment.
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("event recorder: %w", err)
 	}

@@ -24,9 +24,11 @@ import (
 
 // Options configure `ironlb controller`.
 type Options struct {
-	Kubeconfig     string
-	MetricsAddr    string
-	ProbeAddr      string
+	Kubeconfig  string
+	MetricsAddr string
+	ProbeAddr   string
+	// PprofAddr serves Go's profiles (/debug/pprof) when set.
+	PprofAddr      string
 	LeaderElect    bool
 	Namespace      string
 	LBClass        string
@@ -48,6 +50,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "path to a kubeconfig; defaults to $KUBECONFIG, then the in-cluster configuration")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":7472", "address the Prometheus metrics endpoint binds to; 0 disables it")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz probes bind to; 0 disables them")
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "", "address serving Go's CPU and memory profiles at /debug/pprof; empty disables it")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller through a Lease, so replicas never assign concurrently")
 	fs.StringVar(&o.Namespace, "namespace", DefaultNamespace(), "namespace holding the metallb.io configuration (IPAddressPools, advertisements, peers)")
 	fs.StringVar(&o.LBClass, "lb-class", "", "serve only Services with this spec.loadBalancerClass; empty serves Services without a class")
@@ -133,6 +136,7 @@ func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Scheme:                        NewScheme(),
 		Metrics:                       metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress:        o.ProbeAddr,
+		PprofBindAddress:              o.PprofAddr,
 		LeaderElection:                o.LeaderElect,
 		LeaderElectionID:              "ironlb-controller",
 		LeaderElectionNamespace:       o.Namespace,

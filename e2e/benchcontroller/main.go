@@ -8,9 +8,10 @@
 // server's cost of creating a Service grows with the number of Services it
 // already holds (its ClusterIP allocator counts every allocated address on
 // each allocation), so a phase that ran after the other's N Services would
-// be measured against a slower server. The last line it prints is
+// be measured against a slower server. The phases alternate for -rounds
+// rounds; the last line it prints gives the medians:
 //
-//	controller-assign n=N seconds=X bare-seconds=Y ratio=R rss-mib=M
+//	controller-assign n=N seconds=X bare-seconds=Y ratio=R rss-mib=M cpu-seconds=C
 package main
 
 import (
@@ -21,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -28,7 +30,10 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -39,21 +44,55 @@ import (
 func main() {
 	n := flag.Int("n", 5000, "number of Services")
 	workers := flag.Int("workers", 4, "parallel writers, for the creator and for the bare client")
+	rounds := flag.Int("rounds", 3, "bare and controller phases to run, alternating; the last line gives the medians")
 	extra := flag.String("controller-flags", "", "extra flags for `ironlb controller`, space separated")
+	flag.StringVar(&apiserverProfile, "apiserver-profile", "", "write a CPU profile of the API server during the controller phase to this file")
 	flag.Parse()
 	// The control plane's client logs nothing worth reading here.
 	ctrllog.SetLogger(logr.Discard())
-	if err := run(*n, *workers, strings.Fields(*extra)); err != nil {
+	if err := run(*n, *workers, *rounds, strings.Fields(*extra)); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(n, workers int, extra []string) error {
-	bare, err := barePhase(n, workers)
+// apiserverProfile, when set, names the file for the API server's CPU
+// profile of the controller phase.
+var apiserverProfile string
+
+func run(n, workers, rounds int, extra []string) error {
+	bin, err := buildIronlb()
 	if err != nil {
-		return fmt.Errorf("bare client: %w", err)
+		return err
 	}
-	return controllerPhase(n, workers, extra, bare)
+	// Alternating rounds, so that a slow spell of a shared machine weighs
+	// on both sides rather than on one.
+	var bares, controlled []float64
+	var last controllerRun
+	for r := 1; r <= max(rounds, 1); r++ {
+		bare, err := barePhase(n, workers)
+		if err != nil {
+			return fmt.Errorf("bare client: %w", err)
+		}
+		if last, err = controllerPhase(bin, n, workers, extra); err != nil {
+			return err
+		}
+		bares, controlled = append(bares, bare.Seconds()), append(controlled, last.took.Seconds())
+		fmt.Fprintf(os.Stderr, "round %d: bare %.2fs; controller: services created after %.2fs, all assigned after %.2fs (ratio %.2f)\n",
+			r, bare.Seconds(), last.created.Seconds(), last.took.Seconds(), last.took.Seconds()/bare.Seconds())
+	}
+	took, bare := median(controlled), median(bares)
+	fmt.Printf("controller-assign n=%d seconds=%.2f bare-seconds=%.2f ratio=%.2f rss-mib=%.1f cpu-seconds=%.1f\n",
+		n, took, bare, took/bare, last.rssMiB, last.cpuSeconds)
+	return nil
+}
+
+func median(xs []float64) float64 {
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2]
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 }
 
 // startSeeded starts an empty control plane with the benchmark's
@@ -91,6 +130,10 @@ func barePhase(n, workers int) (time.Duration, error) {
 	defer env.Stop()
 	c := env.Client
 	bareClass := "bench.example/bare"
+	assigned, err := watchAssigned(ctx, env, n)
+	if err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	err = parallel(n, workers, func(i int) error {
 		s := service("bench", i)
@@ -98,24 +141,33 @@ func barePhase(n, workers int) (time.Duration, error) {
 		if err := c.Create(ctx, s); err != nil {
 			return err
 		}
-		orig := s.DeepCopy()
-		vip := corev1.LoadBalancerIPModeVIP
-		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: fmt.Sprintf("172.20.%d.%d", i/256, i%256), IPMode: &vip}}
-		s.Annotations = map[string]string{"metallb.io/ip-allocated-from-pool": "bench"}
-		return c.Status().Patch(ctx, s, client.MergeFrom(orig))
+		// The controller's patch, byte for byte.
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"metallb.io/ip-allocated-from-pool":"bench"}},`+
+			`"status":{"loadBalancer":{"ingress":[{"ip":"172.20.%d.%d","ipMode":"Proxy"}]}}}`, i/256, i%256)
+		return c.Status().Patch(ctx, s, client.RawPatch(types.MergePatchType, []byte(patch)))
 	})
-	return time.Since(start), err
+	if err != nil {
+		return 0, err
+	}
+	if err := <-assigned; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
 }
 
-func controllerPhase(n, workers int, extra []string, bare time.Duration) error {
+// controllerRun is one controller phase: when the last Service was
+// created, when the last one was seen assigned, and the controller
+// process's peak memory and CPU time.
+type controllerRun struct {
+	created, took      time.Duration
+	rssMiB, cpuSeconds float64
+}
+
+func controllerPhase(bin string, n, workers int, extra []string) (controllerRun, error) {
 	ctx := context.Background()
-	bin, err := buildIronlb()
-	if err != nil {
-		return err
-	}
 	env, err := startSeeded(ctx)
 	if err != nil {
-		return err
+		return controllerRun{}, err
 	}
 	defer env.Stop()
 	args := append([]string{"controller", "--kubeconfig", env.Kubeconfig, "--leader-elect=false",
@@ -123,56 +175,113 @@ func controllerPhase(n, workers int, extra []string, bare time.Duration) error {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return err
+		return controllerRun{}, err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 
+	assigned, err := watchAssigned(ctx, env, n)
+	if err != nil {
+		return controllerRun{}, err
+	}
 	start := time.Now()
+	if apiserverProfile != "" {
+		done := profileAPIServer(env, apiserverProfile)
+		defer func() { <-done }()
+	}
 	if err := parallel(n, workers, func(i int) error { return env.Client.Create(ctx, service("bench", i)) }); err != nil {
-		return fmt.Errorf("create services: %w", err)
+		return controllerRun{}, fmt.Errorf("create services: %w", err)
 	}
-	created := time.Since(start)
-	if err := waitAssigned(ctx, env, n, start); err != nil {
-		return err
+	var run controllerRun
+	run.created = time.Since(start)
+	if err := <-assigned; err != nil {
+		return controllerRun{}, err
 	}
-	took := time.Since(start)
-	rss := peakRSSMiB(cmd.Process.Pid)
-	cpu := cpuSeconds(cmd.Process.Pid)
-	fmt.Fprintf(os.Stderr, "controller phase: services created after %.2fs, all assigned after %.2fs\n", created.Seconds(), took.Seconds())
-	fmt.Printf("controller-assign n=%d seconds=%.2f bare-seconds=%.2f ratio=%.2f rss-mib=%.1f cpu-seconds=%.1f\n",
-		n, took.Seconds(), bare.Seconds(), took.Seconds()/bare.Seconds(), rss, cpu)
-	return nil
+	run.took = time.Since(start)
+	run.rssMiB, run.cpuSeconds = peakRSSMiB(cmd.Process.Pid), cpuSeconds(cmd.Process.Pid)
+	return run, nil
 }
 
-// waitAssigned watches the bench namespace until n Services carry an
-// address and the pool annotation. A watch, not a polling list: listing
-// thousands of Services in a loop would load the API server being measured.
-func waitAssigned(ctx context.Context, env *controlplane.Env, n int, start time.Time) error {
+// profileAPIServer records the API server's CPU profile for 30 seconds
+// into path; the channel closes when it is written.
+func profileAPIServer(env *controlplane.Env, path string) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cs, err := kubernetes.NewForConfig(env.Config)
+		if err != nil {
+			log.Print(err)
+			return
+		}
+		data, err := cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", "30").DoRaw(context.Background())
+		if err != nil {
+			log.Printf("API server profile: %v", err)
+			return
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			log.Print(err)
+		}
+	}()
+	return done
+}
+
+// watchAssigned watches the bench namespace from now on and reports on the
+// channel once n Services carry an address and the pool annotation. Both
+// phases are timed by this same observer, started before their first
+// write, so its cost on the API server weighs on both alike. A watch, not a
+// polling list: listing thousands of Services in a loop would load the API
+// server being measured.
+func watchAssigned(ctx context.Context, env *controlplane.Env, n int) (<-chan error, error) {
 	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
-	defer cancel()
 	w, err := wc.Watch(ctx, &corev1.ServiceList{}, client.InNamespace("bench"))
 	if err != nil {
-		return err
+		cancel()
+		return nil, err
 	}
-	defer w.Stop()
-	done := map[string]bool{}
-	for ev := range w.ResultChan() {
-		s, ok := ev.Object.(*corev1.Service)
-		if !ok {
-			continue
+	out := make(chan error, 1)
+	go func() {
+		defer cancel()
+		start := time.Now()
+		done := map[string]bool{}
+		rv := ""
+		for {
+			for ev := range w.ResultChan() {
+				if ev.Type == watch.Error {
+					rv = "" // too old: start over from a fresh list
+					continue
+				}
+				s, ok := ev.Object.(*corev1.Service)
+				if !ok {
+					continue
+				}
+				rv = s.ResourceVersion
+				if len(s.Status.LoadBalancer.Ingress) == 1 && s.Annotations["metallb.io/ip-allocated-from-pool"] != "" {
+					done[s.Name] = true
+				}
+				if len(done) == n {
+					w.Stop()
+					out <- nil
+					return
+				}
+			}
+			// The API server ends watches it finds too slow to follow;
+			// carry on from the last event seen.
+			w.Stop()
+			if ctx.Err() != nil {
+				break
+			}
+			if w, err = wc.Watch(ctx, &corev1.ServiceList{}, client.InNamespace("bench"),
+				&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}}); err != nil {
+				out <- fmt.Errorf("watch services again: %w", err)
+				return
+			}
 		}
-		if len(s.Status.LoadBalancer.Ingress) == 1 && s.Annotations["metallb.io/ip-allocated-from-pool"] != "" {
-			done[s.Name] = true
-		}
-		if len(done) == n {
-			return nil
-		}
-	}
-	return fmt.Errorf("only %d of %d services assigned after %v", len(done), n, time.Since(start).Round(time.Second))
+		out <- fmt.Errorf("only %d of %d services assigned after %v", len(done), n, time.Since(start).Round(time.Second))
+	}()
+	return out, nil
 }
 
 func service(namespace string, i int) *corev1.Service {
