@@ -69,17 +69,8 @@ func TestLabExamples(t *testing.T) {
 	c.waitExternalIP(t, "my-nginx", "192.168.100.101")
 	sticky := netip.MustParseAddr("192.168.100.101")
 	if out, ok := waitFor(time.Minute, func() (string, bool) {
-		var got []string
-		for range 9 {
-			a, err := curl(ctx, c, sticky)
-			if err != nil {
-				return err.Error(), false
-			}
-			if !slices.Contains(got, a.pod) {
-				got = append(got, a.pod)
-			}
-		}
-		return fmt.Sprintf("pods answering 9 requests to my-nginx (sessionAffinity ClientIP): %v", got), len(got) == 1
+		got, err := podsAnswering(ctx, c.Client, sticky, 9)
+		return fmt.Sprintf("pods answering 9 requests to my-nginx (sessionAffinity ClientIP): %v %v", got, err), err == nil && len(got) == 1
 	}); !ok {
 		t.Fatalf("%s\n%s", out, c.Logs())
 	}

@@ -36,6 +36,22 @@ func curlFrom(ctx context.Context, h *lab.Host, vip netip.Addr) (answer, error) 
 	return parseAnswer(vip, out)
 }
 
+// podsAnswering curls vip n times from h and returns the pods that
+// answered, each once, in order of first answer.
+func podsAnswering(ctx context.Context, h *lab.Host, vip netip.Addr, n int) ([]string, error) {
+	var pods []string
+	for range n {
+		a, err := curlFrom(ctx, h, vip)
+		if err != nil {
+			return pods, err
+		}
+		if !slices.Contains(pods, a.pod) {
+			pods = append(pods, a.pod)
+		}
+	}
+	return pods, nil
+}
+
 // request makes one HTTP request to vip from h with a short deadline, for
 // timing: curl's process start-up would blur the figure.
 func request(ctx context.Context, h *lab.Host, vip netip.Addr, timeout time.Duration) (answer, error) {
@@ -236,17 +252,8 @@ func TestLabForwarder(t *testing.T) {
 	// stays on one pod.
 	c.kubectl(t, "patch", "svc", "dhj-service", "--type=merge", "-p", `{"spec":{"sessionAffinity":"ClientIP"}}`)
 	if out, ok := waitFor(time.Minute, func() (string, bool) {
-		var got []string
-		for range 9 {
-			a, err := curl(ctx, c, vip)
-			if err != nil {
-				return err.Error(), false
-			}
-			if !slices.Contains(got, a.pod) {
-				got = append(got, a.pod)
-			}
-		}
-		return fmt.Sprintf("pods answering 9 requests with ClientIP affinity: %v", got), len(got) == 1
+		got, err := podsAnswering(ctx, c.Client, vip, 9)
+		return fmt.Sprintf("pods answering 9 requests with ClientIP affinity: %v %v", got, err), err == nil && len(got) == 1
 	}); !ok {
 		t.Fatal(out)
 	} else {
@@ -279,15 +286,8 @@ func TestLabForwarderNodeSide(t *testing.T) {
 		// Round robin over three pods: within a dozen requests the pod
 		// asking is also the pod answering.
 		out, ok := waitFor(time.Minute, func() (string, bool) {
-			var served []string
-			for range 12 {
-				a, err := curlFrom(ctx, n.Pod, vip)
-				if err != nil {
-					return fmt.Sprintf("curl from %s through %s: %v (answers so far %v)", n.Pod.Name, vip, err, served), false
-				}
-				served = append(served, a.pod)
-			}
-			return fmt.Sprintf("pods answering %s through %s: %v", n.Pod.Name, vip, served), slices.Contains(served, n.Pod.Name)
+			served, err := podsAnswering(ctx, n.Pod, vip, 12)
+			return fmt.Sprintf("pods answering %s through %s: %v %v", n.Pod.Name, vip, served, err), err == nil && slices.Contains(served, n.Pod.Name)
 		})
 		if !ok {
 			t.Fatalf("%s\n%s", out, c.Logs())
