@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -296,5 +297,46 @@ func BenchmarkDiff(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// benchSyncs runs the sync benchmarks every backend shares, for table a
+// and c (a with one endpoint changed): full_sync fills the backend after
+// empty (untimed) cleared it; one_change alternates a and c; each entry of
+// extra is one_change with its function run, timed, before every sync.
+func benchSyncs(b *testing.B, name string, sync func(context.Context, []VirtualService) error, empty func() error, a, c []VirtualService, extra map[string]func()) {
+	b.Run(name+"/full_sync", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			if err := empty(); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			if err := sync(b.Context(), a); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	alternate := func(before func()) func(b *testing.B) {
+		return func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				table := a
+				if i%2 == 0 {
+					table = c
+				}
+				i++
+				if before != nil {
+					before()
+				}
+				if err := sync(b.Context(), table); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	b.Run(name+"/one_change", alternate(nil))
+	for suffix, before := range extra {
+		b.Run(name+"/one_change_"+suffix, alternate(before))
 	}
 }

@@ -186,32 +186,8 @@ func BenchmarkIPVSSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		a := bigTable(services, 10)
-		c := oneEndpointChanged(a, services/2)
-		b.Run(fmt.Sprintf("services=%d/full_sync", services), func(b *testing.B) {
-			for b.Loop() {
-				b.StopTimer()
-				if err := v.Sync(b.Context(), nil); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				if err := v.Sync(b.Context(), a); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(fmt.Sprintf("services=%d/one_change", services), func(b *testing.B) {
-			i := 0
-			for b.Loop() {
-				table := a
-				if i%2 == 0 {
-					table = c
-				}
-				i++
-				if err := v.Sync(b.Context(), table); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+		benchSyncs(b, fmt.Sprintf("services=%d", services), v.Sync, func() error { return v.Sync(b.Context(), nil) },
+			a, oneEndpointChanged(a, services/2), nil)
 		_ = v.Close()
 	}
 }

@@ -258,48 +258,15 @@ func BenchmarkNFTablesSync(b *testing.B) {
 		ns := newNS(b)
 		n := newNFTables(b, ns)
 		a := bigTable(services, 10)
-		c := oneEndpointChanged(a, services/2)
-		b.Run(fmt.Sprintf("services=%d/full_sync", services), func(b *testing.B) {
-			for b.Loop() {
-				b.StopTimer()
-				if err := n.Delete(b.Context()); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				if err := n.Sync(b.Context(), a); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(fmt.Sprintf("services=%d/one_change", services), func(b *testing.B) {
-			i := 0
-			for b.Loop() {
-				table := a
-				if i%2 == 0 {
-					table = c
-				}
-				i++
-				if err := n.Sync(b.Context(), table); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(fmt.Sprintf("services=%d/one_change_after_foreign_commit", services), func(b *testing.B) {
-			i := 0
-			for b.Loop() {
-				table := a
-				if i%2 == 0 {
-					table = c
-				}
-				i++
-				n.mu.Lock()
-				n.cacheOK = false
-				n.mu.Unlock()
-				if err := n.Sync(b.Context(), table); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+		benchSyncs(b, fmt.Sprintf("services=%d", services), n.Sync, func() error { return n.Delete(b.Context()) },
+			a, oneEndpointChanged(a, services/2), map[string]func(){
+				// Another program's commit makes the next sync read back.
+				"after_foreign_commit": func() {
+					n.mu.Lock()
+					n.cacheOK = false
+					n.mu.Unlock()
+				},
+			})
 	}
 }
 
