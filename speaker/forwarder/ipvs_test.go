@@ -109,20 +109,14 @@ func newIPVS(t *testing.T, l *lab) *IPVS {
 // TestIPVSConformance runs where the kernel has IPVS: in the VM that
 // hack/ipvs-vm.sh boots.
 func TestIPVSConformance(t *testing.T) {
-	requireRoot(t)
-	if ok, reason := Available(); !ok {
-		t.Skip(reason)
-	}
+	requireIPVS(t)
 	l := newLab(t, 3)
 	dumpRuleset(t, l.node)
 	testConformance(t, l, newIPVS(t, l))
 }
 
 func TestIPVSBindsServiceAddressesWithoutARP(t *testing.T) {
-	requireRoot(t)
-	if ok, reason := Available(); !ok {
-		t.Skip(reason)
-	}
+	requireIPVS(t)
 	l := newLab(t, 1)
 	v := newIPVS(t, l)
 	mustSync(t, v, l.service(labVIP4, TCP, true, 1), l.service(labVIP6, TCP, true, 1))
@@ -174,10 +168,7 @@ func TestIPVSBindsServiceAddressesWithoutARP(t *testing.T) {
 // VM (BENCH=IPVS hack/ipvs-vm.sh). one_change runs between full reads:
 // it reads back the changed service and the verify window only.
 func BenchmarkIPVSSync(b *testing.B) {
-	requireRoot(b)
-	if ok, reason := Available(); !ok {
-		b.Skip(reason)
-	}
+	requireIPVS(b)
 	for _, services := range []int{1000, 10000} {
 		ns := newNS(b)
 		loUp(b, ns)
@@ -230,10 +221,7 @@ func TestIPVSTouchedRotatesAndFindsChanges(t *testing.T) {
 // address unbound, a service of its own on a service address, a sysctl) is
 // repaired by the first sync after the interval.
 func TestIPVSRepairsWithinReadBackInterval(t *testing.T) {
-	requireRoot(t)
-	if ok, reason := Available(); !ok {
-		t.Skip(reason)
-	}
+	requireIPVS(t)
 	l := newLab(t, 3)
 	v := newIPVS(t, l)
 	clock := time.Now()
@@ -303,10 +291,7 @@ func TestIPVSRepairsWithinReadBackInterval(t *testing.T) {
 // Someone else removes a destination: the next sync reads it back and
 // repairs it.
 func TestIPVSRepairsWhatOthersChanged(t *testing.T) {
-	requireRoot(t)
-	if ok, reason := Available(); !ok {
-		t.Skip(reason)
-	}
+	requireIPVS(t)
 	l := newLab(t, 3)
 	v := newIPVS(t, l)
 	web := l.service(labVIP4, TCP, true, 1, 2, 3)
@@ -371,10 +356,7 @@ func TestIPVSPrepareMatchesPrepare(t *testing.T) {
 // program added it meanwhile, the sync fails (EEXIST) and the next one
 // reads everything and repairs it.
 func TestIPVSNetlinkErrorForcesFullRead(t *testing.T) {
-	requireRoot(t)
-	if ok, reason := Available(); !ok {
-		t.Skip(reason)
-	}
+	requireIPVS(t)
 	l := newLab(t, 3)
 	v := newIPVS(t, l)
 	web := l.service(labVIP4, TCP, true, 1, 2)
@@ -401,5 +383,14 @@ func TestIPVSNetlinkErrorForcesFullRead(t *testing.T) {
 	want, _ := Prepare([]VirtualService{web, web2})
 	if diff := cmp.Diff(want, got, addrCmp, cmpopts.EquateEmpty()); diff != "" {
 		t.Errorf("IPVS after repair (-want +got):\n%s", diff)
+	}
+}
+
+// requireIPVS skips unless run as root on a kernel with IPVS (the VM).
+func requireIPVS(t testing.TB) {
+	t.Helper()
+	requireRoot(t)
+	if ok, reason := Available(); !ok {
+		t.Skip(reason)
 	}
 }

@@ -33,14 +33,24 @@ func startResponder(t *testing.T, schedule []time.Duration) *testResponder {
 		t.Fatal(err)
 	}
 	tr.Responder = r
+	tr.stop = runInBackground(t, r.Start)
+	return tr
+}
+
+// runInBackground runs start until the returned stop (or the test's end)
+// cancels its context; stop fails the test unless start then returns nil,
+// within a deadline.
+func runInBackground(t *testing.T, start func(context.Context) error) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var startErr error
 	go func() {
-		startErr = r.Start(ctx)
+		startErr = start(ctx)
 		close(done)
 	}()
-	tr.stop = func() {
+	t.Cleanup(func() { cancel(); <-done })
+	return func() {
 		cancel()
 		select {
 		case <-done:
@@ -51,8 +61,6 @@ func startResponder(t *testing.T, schedule []time.Duration) *testResponder {
 			t.Fatal("Start() did not return after its context ended")
 		}
 	}
-	t.Cleanup(func() { cancel(); <-done })
-	return tr
 }
 
 func TestResponderAnswersOnlyOwned(t *testing.T) {

@@ -67,26 +67,7 @@ func newFakeHost() *fakeHost {
 func startResponders(t *testing.T, h *fakeHost) (*Responders, func()) {
 	t.Helper()
 	r := New(Config{Interfaces: h.interfaces, Dial: h.dial, Schedule: []time.Duration{}, Resync: time.Hour, enslaved: h.enslaved})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	var startErr error
-	go func() {
-		startErr = r.Start(ctx)
-		close(done)
-	}()
-	stop := func() {
-		cancel()
-		select {
-		case <-done:
-			if err := startErr; err != nil {
-				t.Errorf("Start() = %v, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Start() did not return after its context ended")
-		}
-	}
-	t.Cleanup(func() { cancel(); <-done })
-	return r, stop
+	return r, runInBackground(t, r.Start)
 }
 
 // waitOwned polls until Owned() matches want: Start applies asynchronously.
