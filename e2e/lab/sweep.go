@@ -49,7 +49,7 @@ func Sweep(prefix string) error {
 		}
 	}
 	var links []string
-	all, err := netlink.LinkList()
+	all, err := linkList()
 	if err != nil {
 		return fmt.Errorf("sweep %s: list links: %w", prefix, err)
 	}
@@ -81,7 +81,7 @@ func SweepStale() error {
 	for _, e := range entries {
 		consider(e.Name())
 	}
-	links, err := netlink.LinkList()
+	links, err := linkList()
 	if err != nil {
 		return fmt.Errorf("sweep stale labs: list links: %w", err)
 	}
@@ -213,6 +213,17 @@ func acquireHostLock(ctx context.Context, waiting func()) (*os.File, error) {
 			f.Close()
 			return nil, fmt.Errorf("wait for another lab to release %s: %w", lockPath, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// linkList lists the root namespace's links, again when the kernel says
+// the list changed while being read (other labs' links come and go).
+func linkList() ([]netlink.Link, error) {
+	for i := 1; ; i++ {
+		links, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 5 {
+			return links, err
 		}
 	}
 }

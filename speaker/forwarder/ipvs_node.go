@@ -34,7 +34,7 @@ func (v *IPVS) dummy() (netlink.Link, error) {
 }
 
 func (v *IPVS) bound(l netlink.Link) (map[netip.Addr]bool, error) {
-	addrs, err := v.nl.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := retryInterrupted(func() ([]netlink.Addr, error) { return v.nl.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", v.cfg.Interface, err)
 	}
@@ -45,6 +45,20 @@ func (v *IPVS) bound(l netlink.Link) (map[netip.Addr]bool, error) {
 		}
 	}
 	return out, nil
+}
+
+// retryInterrupted repeats a netlink dump the kernel marked interrupted
+// (NLM_F_DUMP_INTR: the list changed while it was read, as when an IPv6
+// address finishes duplicate detection): such a result may miss entries,
+// and a sync that trusted it would bind an address twice or not at all.
+func retryInterrupted[T any](dump func() ([]T, error)) ([]T, error) {
+	const attempts = 5
+	for i := 1; ; i++ {
+		out, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == attempts {
+			return out, err
+		}
+	}
 }
 
 func hostAddr(a netip.Addr) *netlink.Addr {

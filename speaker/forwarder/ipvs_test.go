@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -392,5 +393,25 @@ func requireIPVS(t testing.TB) {
 	requireRoot(t)
 	if ok, reason := Available(); !ok {
 		t.Skip(reason)
+	}
+}
+
+// An interrupted address dump is read again, and given up after a few
+// tries rather than trusted.
+func TestRetryInterrupted(t *testing.T) {
+	calls := 0
+	got, err := retryInterrupted(func() ([]int, error) {
+		calls++
+		if calls < 3 {
+			return []int{1}, netlink.ErrDumpInterrupted
+		}
+		return []int{1, 2}, nil
+	})
+	if err != nil || len(got) != 2 || calls != 3 {
+		t.Errorf("interrupted twice: got %v, %v after %d dumps, want [1 2], nil after 3", got, err, calls)
+	}
+	calls = 0
+	if _, err := retryInterrupted(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted }); !errors.Is(err, netlink.ErrDumpInterrupted) || calls != 5 {
+		t.Errorf("always interrupted: %v after %d dumps, want ErrDumpInterrupted after 5", err, calls)
 	}
 }
