@@ -8,8 +8,11 @@ LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
 # The control plane (kube-apiserver, etcd, kubectl) built from Go modules and
 # cached outside the repository; the script prints its directory last.
 ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
+# The pinned Helm CLI the chart tests run, built from its Go module and
+# cached the same way; the script prints the binary's path last.
+HELM = $(shell bash hack/helm.sh | tail -n 1)
 
-.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
+.PHONY: all build generate chart-files deploy-manifest manifests helm envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
 
 all: build
 
@@ -22,6 +25,16 @@ generate:
 	$(GO) tool controller-gen crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(GO) tool controller-gen rbac:roleName=ironlb-controller paths=./controllers/... output:rbac:artifacts:config=config/rbac
 	$(GO) tool controller-gen rbac:roleName=ironlb-speaker paths=./speaker/ output:rbac:artifacts:config=config/rbac/speaker
+	$(MAKE) --no-print-directory chart-files
+
+## chart-files: copy the generated CRDs and roles into the Helm chart, which
+## renders them from files/ (charts/ironlb/chart_test.go checks the copies)
+chart-files:
+	rm -rf charts/ironlb/files/crds charts/ironlb/files/rbac
+	mkdir -p charts/ironlb/files/crds charts/ironlb/files/rbac
+	cp config/crd/bases/*.yaml charts/ironlb/files/crds/
+	cp config/rbac/role.yaml charts/ironlb/files/rbac/controller.yaml
+	cp config/rbac/speaker/role.yaml charts/ironlb/files/rbac/speaker.yaml
 
 ## deploy-manifest: render config/default into deploy/ironlb.yaml
 deploy-manifest:
@@ -32,11 +45,15 @@ manifests: generate
 envtest-assets:
 	@bash hack/envtest-assets.sh
 
+## helm: build the pinned Helm CLI (once) and print its path
+helm:
+	@bash hack/helm.sh
+
 ## test: every test: unit, against the real API server, and (as root) the
 ## privileged namespace and lab tests. Privileged tests skip, saying so, when
 ## not root.
 test: lint
-	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 40m ./...
+	KUBEBUILDER_ASSETS="$(ASSETS)" IRONLB_HELM="$(HELM)" $(GO) test -count=1 -timeout 40m ./...
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-vm; else echo "skipping the IPVS VM tests: they need root (apt-get, qemu)"; fi
 
 ## test-vm: the forwarder's IPVS tests inside Debian's kernel under qemu

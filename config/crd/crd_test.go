@@ -459,8 +459,7 @@ func TestDeployManifestApplies(t *testing.T) {
 	if rendered != string(committed) {
 		t.Errorf("deploy/ironlb.yaml differs from config/default: run `make deploy-manifest`")
 	}
-	k.namespace(t, "metallb-system") // a dry run creates nothing to put the rest in
-	if out, err := k.Kubectl("apply", "--dry-run=server", "-f", filepath.Join(root, "deploy", "ironlb.yaml")); err != nil {
-		t.Fatalf("kubectl apply --dry-run=server -f deploy/ironlb.yaml: %v\n%s", err, out)
+	if out, err := k.ApplyDryRun(committed, "metallb-system"); err != nil {
+		t.Fatalf("kubectl apply --server-side --dry-run=server -f deploy/ironlb.yaml: %v\n%s", err, out)
 	}
 }

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -168,6 +171,21 @@ func (e *Env) KubectlInput(stdin []byte, args ...string) (string, error) {
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// ApplyDryRun sends manifest through `kubectl apply --server-side
+// --dry-run=server`: the API server checks every object (schemas, CEL rules,
+// RBAC roles, workloads, admission policies) and stores none. A dry run
+// does not create the namespace the objects go to, so namespace is created
+// first when it is not empty.
+func (e *Env) ApplyDryRun(manifest []byte, namespace string) (string, error) {
+	if namespace != "" {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
+		if err := e.Client.Create(context.Background(), ns); err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", fmt.Errorf("create namespace %s for the dry run: %w", namespace, err)
+		}
+	}
+	return e.KubectlInput(manifest, "apply", "--server-side", "--dry-run=server", "-f", "-")
 }
 
 // freePort asks the kernel for a TCP port free on addr.
