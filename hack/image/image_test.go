@@ -87,6 +87,28 @@ func TestBuildIsReproducible(t *testing.T) {
 	}
 }
 
+// readLayout reads the image tar with the OCI layout reader and returns its
+// index.json and the one image entry in it.
+func readLayout(t *testing.T, file string) (v1.ImageIndex, v1.Descriptor) {
+	t.Helper()
+	lp, err := layout.FromPath(untar(t, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := lp.ImageIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := top.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Manifests) != 1 {
+		t.Fatalf("index.json has %d entries, want 1", len(m.Manifests))
+	}
+	return top, m.Manifests[0]
+}
+
 // untar unpacks the image tar into a directory for the layout reader.
 func untar(t *testing.T, file string) string {
 	t.Helper()
@@ -168,22 +190,7 @@ func TestBuildLayout(t *testing.T) {
 	digest := build(t, "", append([]string{"-ref", "ironlb/ironlb:v0.1.0-12-gabc1234-dirty", "-out", out,
 		"-entrypoint", "/ironlb", "-user", "65532", "-label", "org.opencontainers.image.version=v0.1.0-12-gabc1234-dirty"}, bins...)...)
 
-	lp, err := layout.FromPath(untar(t, out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	top, err := lp.ImageIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	topm, err := top.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(topm.Manifests) != 1 {
-		t.Fatalf("index.json has %d entries, want 1", len(topm.Manifests))
-	}
-	entry := topm.Manifests[0]
+	top, entry := readLayout(t, out)
 	if entry.Digest.String() != digest || entry.MediaType != types.OCIImageIndex {
 		t.Errorf("index.json entry %s %s, want the printed digest %s, an OCI index", entry.MediaType, entry.Digest, digest)
 	}
@@ -276,19 +283,7 @@ func TestBuildOnePlatformIsAManifest(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "pause.tar")
 	digest := build(t, "", append([]string{"-ref", "lab/pause:v1", "-out", out, "-entrypoint", "/usr/local/bin/pause"},
 		fakeBinaries(t, "linux/amd64")...)...)
-	lp, err := layout.FromPath(untar(t, out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	top, err := lp.ImageIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	topm, err := top.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := topm.Manifests[0]
+	top, d := readLayout(t, out)
 	if d.MediaType != types.OCIManifestSchema1 || d.Digest.String() != digest || d.Platform.String() != "linux/amd64" {
 		t.Errorf("index.json entry %s %s %v, want an OCI manifest %s for linux/amd64", d.MediaType, d.Digest, d.Platform, digest)
 	}
