@@ -41,11 +41,12 @@ func resolveAdvCommon(obj ref, poolNames []string, poolSels, nodeSels, svcSels [
 		c.pools = slices.Clone(pools.names)
 		return c, true
 	}
+	if field, value, err := duplicateName("spec.ipAddressPools", poolNames); err != nil {
+		ps.invalid(obj, field, value, err)
+		return c, false
+	}
 	seen := map[string]bool{}
 	for i, name := range poolNames {
-		if seen[name] {
-			continue
-		}
 		seen[name] = true
 		if _, ok := pools.accepted[name]; ok {
 			c.pools = append(c.pools, name)
@@ -53,12 +54,12 @@ func resolveAdvCommon(obj ref, poolNames []string, poolSels, nodeSels, svcSels [
 		}
 		field := fmt.Sprintf("spec.ipAddressPools[%d]", i)
 		if lo, wasLeftOut := pools.leftOut[name]; wasLeftOut {
-			ps.add(obj, false, field, name, lo, ErrMissingReference,
-				"names "+lo.String()+", which is left out of the configuration (see its own problem); not announced through this advertisement")
+			ps.dangling(obj, field, name, lo,
+				"names "+lo.String()+", which is left out of the configuration (see its own problem); its addresses are announced through this advertisement once it is mended")
 		} else {
 			other := ref{kind: KindIPAddressPool, name: name}
-			ps.add(obj, false, field, name, other, ErrMissingReference,
-				"names "+other.String()+", which does not exist; not announced through this advertisement")
+			ps.dangling(obj, field, name, other,
+				"names "+other.String()+", which does not exist yet; its addresses are announced through this advertisement once it is created")
 		}
 	}
 	if len(ipSels) > 0 {
@@ -88,6 +89,10 @@ func resolveL2Advertisements(in []v1beta1.L2Advertisement, pools poolTable, ps *
 				break
 			}
 		}
+		if field, value, err := duplicateName("spec.interfaces", a.Spec.Interfaces); ok && err != nil {
+			ps.invalid(obj, field, value, err)
+			ok = false
+		}
 		if !ok {
 			continue
 		}
@@ -99,7 +104,7 @@ func resolveL2Advertisements(in []v1beta1.L2Advertisement, pools poolTable, ps *
 			Pools:            c.pools,
 			NodeSelectors:    c.nodeSelectors,
 			ServiceSelectors: c.serviceSelectors,
-			Interfaces:       slices.Compact(ifaces),
+			Interfaces:       ifaces,
 		})
 	}
 	sortByNamespaceName(out, func(a L2Advertisement) (string, string) { return a.Namespace, a.Name })
@@ -185,6 +190,10 @@ func bgpAdvertisementFromCR(a *v1beta1.BGPAdvertisement, obj ref, pools poolTabl
 			return adv, false
 		}
 	}
+	if field, value, err := duplicateName("spec.communities", a.Spec.Communities); err != nil {
+		ps.invalid(obj, field, value, err)
+		return adv, false
+	}
 	seen := map[Community]bool{}
 	for i, text := range a.Spec.Communities {
 		field := fmt.Sprintf("spec.communities[%d]", i)
@@ -235,22 +244,21 @@ func bgpAdvertisementFromCR(a *v1beta1.BGPAdvertisement, obj ref, pools poolTabl
 		}
 		adv.Pools = append(adv.Pools, name)
 	}
-	seenPeer := map[string]bool{}
+	if field, value, err := duplicateName("spec.peers", a.Spec.Peers); err != nil {
+		ps.invalid(obj, field, value, err)
+		return adv, false
+	}
 	for i, name := range a.Spec.Peers {
-		if seenPeer[name] {
-			continue
-		}
-		seenPeer[name] = true
 		adv.Peers = append(adv.Peers, name)
 		if _, ok := peers.byName[name]; ok {
 			continue
 		}
 		field := fmt.Sprintf("spec.peers[%d]", i)
 		if lo, wasLeftOut := peers.leftOut[name]; wasLeftOut {
-			ps.add(obj, false, field, name, lo, ErrMissingReference, "names "+lo.String()+", which is left out of the configuration (see its own problem)")
+			ps.dangling(obj, field, name, lo, "names "+lo.String()+", which is left out of the configuration (see its own problem); the addresses are announced to it once it is mended")
 		} else {
 			other := ref{kind: KindBGPPeer, name: name}
-			ps.add(obj, false, field, name, other, ErrMissingReference, "names "+other.String()+", which does not exist")
+			ps.dangling(obj, field, name, other, "names "+other.String()+", which does not exist yet; the addresses are announced to it once it is created")
 		}
 	}
 	slices.Sort(adv.Peers)

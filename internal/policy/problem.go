@@ -37,7 +37,15 @@ var (
 //
 // LeftOut says whether the object is absent from the Config. When false the
 // object is kept with the offending part removed (see Resolve for which rules
-// do that); the controller may treat such problems as warnings.
+// do that).
+//
+// Dangling marks a reference to an object that does not exist, or not in a
+// usable form: the referring object is kept, the name selects nothing until
+// the object appears (or is mended), and then the reference resolves with no
+// change to the referring object. It is a warning, not an invalid
+// configuration: `kubectl apply -f dir/` creates objects in any order, and
+// MetalLB accepts such names too. Dangling problems always have LeftOut
+// false.
 //
 // Message is a complete sentence for users, Events and ConfigurationState;
 // it never contains a secret value.
@@ -48,6 +56,7 @@ type Problem struct {
 	Field     string
 	Other     string
 	LeftOut   bool
+	Dangling  bool
 	Err       error
 	Message   string
 }
@@ -106,6 +115,13 @@ func (ps *problems) add(obj ref, leftOut bool, field, value string, other ref, e
 		Err:       err,
 		Message:   b.String(),
 	})
+}
+
+// dangling records a reference from obj to other, an object that does not
+// exist or was left out; obj is kept.
+func (ps *problems) dangling(obj ref, field, value string, other ref, detail string) {
+	ps.add(obj, false, field, value, other, ErrMissingReference, detail)
+	(*ps)[len(*ps)-1].Dangling = true
 }
 
 // invalid records an in-object problem that leaves the object out.

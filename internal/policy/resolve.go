@@ -68,14 +68,20 @@ type Resources struct {
 //
 // Softer rules, where the advertisement is kept (Problem.LeftOut false):
 //   - an advertisement naming a pool that does not exist or was left out
-//     keeps the other pools; the pool is not announced through it. This is
-//     how MetalLB treats such names (pools are commonly created after their
-//     advertisement), and the Problem makes it visible;
+//     keeps the other pools; the name selects nothing until the pool
+//     appears. This is how MetalLB treats such names (pools are commonly
+//     created after their advertisement): the Problem is Dangling, a
+//     warning, not an invalid configuration;
 //   - a BGPAdvertisement naming a peer that does not exist keeps the name
-//     (see BGPAdvertisement.Peers);
+//     (see BGPAdvertisement.Peers); the Problem is Dangling too;
 //   - a BGPAdvertisement whose aggregation length is shorter than a
 //     selected pool's prefix would announce addresses outside the pool: that
 //     pool is dropped from the advertisement, the others stay.
+//
+// Within one object, a list naming the same pool, peer, community,
+// interface, namespace or selector twice leaves the object out, as MetalLB
+// refuses it: a repeated entry has no meaning, and most likely one of the
+// two was meant to be something else.
 func Resolve(r Resources) (Config, []Problem) {
 	var ps problems
 	cfg := Config{}

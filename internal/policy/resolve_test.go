@@ -127,7 +127,7 @@ func summarize(c Config) summary {
 // prob is the part of a Problem the tests pin down.
 type prob struct {
 	Kind, Name, Field, Other string
-	LeftOut                  bool
+	LeftOut, Dangling        bool
 	Err                      string
 }
 
@@ -147,7 +147,7 @@ func probs(ps []Problem) []prob {
 			}
 		}
 		slices.Sort(kinds)
-		out = append(out, prob{Kind: p.Kind, Name: p.Name, Field: p.Field, Other: p.Other, LeftOut: p.LeftOut, Err: strings.Join(kinds, "+")})
+		out = append(out, prob{Kind: p.Kind, Name: p.Name, Field: p.Field, Other: p.Other, LeftOut: p.LeftOut, Dangling: p.Dangling, Err: strings.Join(kinds, "+")})
 	}
 	return out
 }
@@ -181,7 +181,7 @@ func TestResolve(t *testing.T) {
 					pool("c", 0, "10.3.0.0/24"),
 				},
 				L2Advs: []v1beta1.L2Advertisement{l2("some", 0, func(s *v1beta1.L2AdvertisementSpec) {
-					s.IPAddressPools = []string{"c", "c"}
+					s.IPAddressPools = []string{"c", "b"}
 					s.IPAddressPoolSelectors = []metav1.LabelSelector{sel(map[string]string{"tier": "gold"})}
 				})},
 			},
@@ -271,7 +271,7 @@ func TestResolve(t *testing.T) {
 				L2Advs: []v1beta1.L2Advertisement{l2("adv", 0, func(s *v1beta1.L2AdvertisementSpec) { s.IPAddressPools = []string{"a", "ghost"} })},
 			},
 			want:  summary{Pools: []string{"a"}, L2: map[string][]string{"adv": {"a"}}, BGP: map[string][]string{}},
-			probs: []prob{{Kind: KindL2Advertisement, Name: "adv", Field: "spec.ipAddressPools[1]", Other: "IPAddressPool ghost", Err: "missing"}},
+			probs: []prob{{Kind: KindL2Advertisement, Name: "adv", Field: "spec.ipAddressPools[1]", Other: "IPAddressPool ghost", Dangling: true, Err: "missing"}},
 		},
 		{
 			name: "advertisement naming only missing pools covers none, not all",
@@ -282,7 +282,7 @@ func TestResolve(t *testing.T) {
 			want: summary{Pools: []string{"a"}, L2: map[string][]string{}, BGP: map[string][]string{"adv": nil}},
 			probs: []prob{
 				{Kind: KindIPAddressPool, Name: "b", Field: "spec.addresses[0]", Other: other(KindIPAddressPool, "a"), LeftOut: true, Err: "overlap"},
-				{Kind: KindBGPAdvertisement, Name: "adv", Field: "spec.ipAddressPools[0]", Other: other(KindIPAddressPool, "b"), Err: "missing"},
+				{Kind: KindBGPAdvertisement, Name: "adv", Field: "spec.ipAddressPools[0]", Other: other(KindIPAddressPool, "b"), Dangling: true, Err: "missing"},
 			},
 		},
 		{
@@ -547,7 +547,7 @@ func TestResolve(t *testing.T) {
 				BGPAdvs: []v1beta1.BGPAdvertisement{bgpAdv("adv", 0, func(s *v1beta1.BGPAdvertisementSpec) { s.Peers = []string{"p1", "p2"} })},
 			},
 			want:  summary{L2: map[string][]string{}, BGP: map[string][]string{"adv": nil}, Peers: []string{"p1"}},
-			probs: []prob{{Kind: KindBGPAdvertisement, Name: "adv", Field: "spec.peers[1]", Other: "BGPPeer p2", Err: "missing"}},
+			probs: []prob{{Kind: KindBGPAdvertisement, Name: "adv", Field: "spec.peers[1]", Other: "BGPPeer p2", Dangling: true, Err: "missing"}},
 		},
 		{
 			name: "L2 advertisement with a bad interface or selector is left out",
@@ -647,7 +647,7 @@ func TestResolveDetails(t *testing.T) {
 			s.AggregationLength = ptr.To[int32](24)
 			s.Peers = []string{"tor"}
 		})},
-		L2Advs: []v1beta1.L2Advertisement{l2("l2", 0, func(s *v1beta1.L2AdvertisementSpec) { s.Interfaces = []string{"eth1", "eth0", "eth1"} })},
+		L2Advs: []v1beta1.L2Advertisement{l2("l2", 0, func(s *v1beta1.L2AdvertisementSpec) { s.Interfaces = []string{"eth1", "eth0"} })},
 	}
 	cfg, ps := Resolve(in)
 	if len(ps) != 0 {

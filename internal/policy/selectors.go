@@ -12,10 +12,14 @@ import (
 
 // parseSelectors converts API label selectors; field names the list
 // ("spec.nodeSelectors") and on error badField names the bad entry
-// ("spec.nodeSelectors[2]"). An empty list stays empty (meaning "all").
+// ("spec.nodeSelectors[2]"), also for a duplicate (see duplicateSelector).
+// An empty list stays empty (meaning "all").
 func parseSelectors(field string, in []metav1.LabelSelector) (sels []labels.Selector, badField string, err error) {
 	if len(in) == 0 {
 		return nil, "", nil
+	}
+	if bad, err := duplicateSelector(field, in); err != nil {
+		return nil, bad, err
 	}
 	out := make([]labels.Selector, 0, len(in))
 	for i := range in {
