@@ -62,13 +62,9 @@ func helm(t *testing.T) string {
 	t.Helper()
 	path := os.Getenv("IRONLB_HELM")
 	if path == "" {
-		cache := os.Getenv("IRONLB_CACHE")
-		if cache == "" {
-			base, err := os.UserCacheDir()
-			if err != nil {
-				t.Fatalf("locate the helm cache: %v", err)
-			}
-			cache = filepath.Join(base, "ironlb")
+		cache, err := controlplane.CacheDir()
+		if err != nil {
+			t.Fatal(err)
 		}
 		path = filepath.Join(cache, "helm", helmVersion, "helm")
 	}
@@ -85,8 +81,15 @@ func helm(t *testing.T) string {
 // into the failure message.
 func run(t *testing.T, name string, args ...string) []byte {
 	t.Helper()
+	return runEnv(t, nil, name, args...)
+}
+
+// runEnv is run with extra environment variables.
+func runEnv(t *testing.T, env []string, name string, args ...string) []byte {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%s %s: %v\n%s%s", filepath.Base(name), strings.Join(args, " "), err, stderr.Bytes(), stdout.Bytes())
@@ -385,6 +388,13 @@ func TestValuesReachObjects(t *testing.T) {
 		}
 	}
 
+	binding := objs["admissionregistration.k8s.io/v1 ValidatingAdmissionPolicyBinding /ironlb-configuration-namespace"]
+	if binding == nil {
+		t.Errorf("no ValidatingAdmissionPolicyBinding; rendered %v", keys(objs))
+	} else if name, _, _ := unstructured.NestedString(binding.Object, "spec", "paramRef", "name"); name != ns {
+		t.Errorf("admission policy binding paramRef.name %q, want the release namespace %s", name, ns)
+	}
+
 	var svc corev1.Service
 	decodeInto(t, objs, "v1 Service "+ns+"/speaker-metrics", &svc)
 	if p := svc.Spec.Ports[0]; p.Port != 9100 || p.TargetPort.String() != "metrics" {
@@ -462,5 +472,137 @@ func TestRenderedManifestsApply(t *testing.T) {
 				t.Fatalf("helm template | kubectl apply --server-side --dry-run=server -f -: %v\n%s", err, out)
 			}
 		})
+	}
+}
+
+// cluster runs helm and kubectl, and the shell commands of docs/install.md,
+// against a control plane started without ironlb's CRDs, as a cluster
+// before the first install is.
+type cluster struct {
+	t    *testing.T
+	cp   *controlplane.Env
+	env  []string
+	helm string
+}
+
+func startEmptyCluster(t *testing.T) *cluster {
+	t.Helper()
+	h := helm(t)
+	noCRDs := t.TempDir()
+	cp, err := controlplane.StartWith(controlplane.Options{CRDDirectory: noCRDs})
+	if err != nil {
+		t.Fatalf("start control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Logf("stop control plane: %v", err)
+		}
+	})
+	home := t.TempDir()
+	return &cluster{t: t, cp: cp, helm: h, env: []string{
+		"KUBECONFIG=" + cp.Kubeconfig,
+		"PATH=" + cp.AssetsDir + string(os.PathListSeparator) + filepath.Dir(h) + string(os.PathListSeparator) + os.Getenv("PATH"),
+		// Helm's own state stays in the test's directory.
+		"HELM_CACHE_HOME=" + filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME=" + filepath.Join(home, "config"),
+		"HELM_DATA_HOME=" + filepath.Join(home, "data"),
+	}}
+}
+
+// sh runs a shell snippet, as docs/install.md gives it, in the repository
+// root with helm and kubectl on PATH.
+func (c *cluster) sh(script string) string {
+	c.t.Helper()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = repoRoot(c.t)
+	cmd.Env = append(os.Environ(), c.env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// exists tells whether `kubectl get` finds the object.
+func (c *cluster) exists(args ...string) bool {
+	c.t.Helper()
+	out, err := c.cp.Kubectl(append([]string{"get", "--ignore-not-found", "-o", "name"}, args...)...)
+	if err != nil {
+		c.t.Fatalf("kubectl get %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(out) != ""
+}
+
+const testPool = `apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata:
+  name: first-pool
+  namespace: metallb-system
+spec:
+  addresses: ["172.25.254.50-172.25.254.99"]
+`
+
+// TestInstallUpgradeUninstall follows docs/install.md with the pinned Helm
+// against a real API server: install, upgrade with a changed value, and
+// uninstall, which keeps the CRDs and the pools (crds.keep).
+func TestInstallUpgradeUninstall(t *testing.T) {
+	c := startEmptyCluster(t)
+	c.sh("helm install ironlb charts/ironlb -n metallb-system --create-namespace")
+	c.sh("kubectl label namespace metallb-system pod-security.kubernetes.io/enforce=privileged")
+	if _, err := c.cp.KubectlInput([]byte(testPool), "apply", "-f", "-"); err != nil {
+		t.Fatalf("create a pool after helm install: %v", err)
+	}
+
+	c.sh("helm upgrade ironlb charts/ironlb -n metallb-system --set loadBalancerClass=example.com/ironlb")
+	args, err := c.cp.Kubectl("get", "deployment/controller", "-n", "metallb-system", "-o", "jsonpath={.spec.template.spec.containers[0].args}")
+	if err != nil || !strings.Contains(args, "--lb-class=example.com/ironlb") {
+		t.Errorf("after helm upgrade --set loadBalancerClass the controller's args are %s (%v)", args, err)
+	}
+
+	c.sh("helm uninstall ironlb -n metallb-system")
+	if c.exists("deployment/controller", "-n", "metallb-system") {
+		t.Error("helm uninstall left the controller Deployment")
+	}
+	if !c.exists("crd/ipaddresspools.metallb.io") || !c.exists("ipaddresspool/first-pool", "-n", "metallb-system") {
+		t.Error("helm uninstall deleted the CRDs or the pool; crds.keep should leave them")
+	}
+	// Installing again adopts the CRDs it left.
+	c.sh("helm install ironlb charts/ironlb -n metallb-system")
+}
+
+// TestTakeOverFromHelmRelease follows the hand-over of docs/install.md:
+// the CRDs belong to another release (MetalLB's chart templates its CRDs,
+// as "metallb" here does with keep off); the doc's annotations move them to
+// the ironlb release, so uninstalling the other release leaves them and
+// the pools, and `helm install ironlb` adopts them.
+func TestTakeOverFromHelmRelease(t *testing.T) {
+	c := startEmptyCluster(t)
+	c.env = append(c.env, "BACKUP="+filepath.Join(t.TempDir(), "backup.yaml"))
+	c.sh("helm install metallb charts/ironlb -n metallb-system --create-namespace --set crds.keep=false")
+	if _, err := c.cp.KubectlInput([]byte(testPool), "apply", "-f", "-"); err != nil {
+		t.Fatalf("create a pool: %v", err)
+	}
+	c.sh(`kubectl get ipaddresspools,l2advertisements,bgppeers,bgpadvertisements,communities,bfdprofiles \
+  -n metallb-system -o yaml > "$BACKUP"`)
+	c.sh(`for crd in $(kubectl get crd -o name | grep '\.metallb\.io$'); do
+  kubectl annotate --overwrite "$crd" meta.helm.sh/release-name=ironlb meta.helm.sh/release-namespace=metallb-system
+  kubectl label --overwrite "$crd" app.kubernetes.io/managed-by=Helm
+done`)
+	c.sh("helm uninstall metallb -n metallb-system")
+	if !c.exists("crd/ipaddresspools.metallb.io") || !c.exists("ipaddresspool/first-pool", "-n", "metallb-system") {
+		t.Fatal("helm uninstall metallb deleted the CRDs or the pool that were handed over to ironlb")
+	}
+	c.sh("helm install ironlb charts/ironlb -n metallb-system")
+	owner, err := c.cp.Kubectl("get", "crd/ipaddresspools.metallb.io", "-o", "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name}")
+	if err != nil || owner != "ironlb" {
+		t.Errorf("CRD owner after helm install ironlb: %q (%v), want ironlb", owner, err)
+	}
+
+	// The other way: the configuration lost, and restored from the backup
+	// (objects that no longer exist, with their old resourceVersion).
+	c.sh("kubectl delete ipaddresspool first-pool -n metallb-system")
+	c.sh(`kubectl apply -f "$BACKUP"`)
+	if !c.exists("ipaddresspool/first-pool", "-n", "metallb-system") {
+		t.Error("kubectl apply -f backup.yaml did not restore the pool")
 	}
 }

@@ -199,18 +199,27 @@ func freePort(addr string) (string, error) {
 	return port, err
 }
 
+// CacheDir is where the hack/ scripts cache the tools they build:
+// $IRONLB_CACHE, else ironlb in the user's cache directory.
+func CacheDir() (string, error) {
+	if cache := os.Getenv("IRONLB_CACHE"); cache != "" {
+		return cache, nil
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("locate the tool cache: %w", err)
+	}
+	return filepath.Join(base, "ironlb"), nil
+}
+
 // AssetsDir finds the control-plane binaries: KUBEBUILDER_ASSETS, or the
 // cache that hack/envtest-assets.sh fills.
 func AssetsDir() (string, error) {
 	dir := os.Getenv("KUBEBUILDER_ASSETS")
 	if dir == "" {
-		cache := os.Getenv("IRONLB_CACHE")
-		if cache == "" {
-			base, err := os.UserCacheDir()
-			if err != nil {
-				return "", fmt.Errorf("locate control plane binaries: %w", err)
-			}
-			cache = filepath.Join(base, "ironlb")
+		cache, err := CacheDir()
+		if err != nil {
+			return "", fmt.Errorf("locate control plane binaries: %w", err)
 		}
 		dir = filepath.Join(cache, "k8s", KubernetesVersion)
 	}
