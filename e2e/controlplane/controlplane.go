@@ -251,14 +251,14 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// ExamplesDir is ../shared/examples beside the repository: the manifests
-// users apply today, which must work unchanged.
+// ExamplesDir is the repository's examples/ directory: the tutorial
+// manifests the tests, the demo and the docs use.
 func ExamplesDir() (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(filepath.Dir(root), "shared", "examples")
+	dir := filepath.Join(root, "examples")
 	if _, err := os.Stat(dir); err != nil {
 		return "", fmt.Errorf("example manifests: %w", err)
 	}
