@@ -2,8 +2,25 @@
 SHELL := /usr/bin/env bash
 export GOTOOLCHAIN := local
 GO ?= go
+# The version `ironlb version` prints and the image is tagged with: the
+# nearest tag, commits since and a hash, "-dirty" with uncommitted changes
+# (v0.1.0-12-gabc1234-dirty), a bare hash before the first tag.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
+
+# The container image (`make image`). Its reference is IMAGE_REPO:IMAGE_TAG,
+# and the tag is the version, never "latest": a build of a release tag is
+# that release (v0.2.0, the tag deploy/ironlb.yaml names), any other build
+# says which commit it is. `make image VERSION=v0.2.0` stamps binary and tag;
+# IMAGE_TAG=... alone only renames the image (e.g. to the manifests' tag to
+# try an unreleased build with deploy/ironlb.yaml).
+IMAGE_REPO ?= ironlb/ironlb
+IMAGE_TAG ?= $(VERSION)
+IMAGE := $(IMAGE_REPO):$(IMAGE_TAG)
+IMAGE_PLATFORMS ?= linux/amd64 linux/arm64
+IMAGE_USER := 65532
+# Times in the image are the commit's, so one commit always gives one digest.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 # The control plane (kube-apiserver, etcd, kubectl) built from Go modules and
 # cached outside the repository; the script prints its directory last.
@@ -12,12 +29,28 @@ ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
 # cached the same way; the script prints the binary's path last.
 HELM = $(shell bash hack/helm.sh | tail -n 1)
 
-.PHONY: all build generate chart-files deploy-manifest manifests helm envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
+.PHONY: all build image generate chart-files deploy-manifest manifests helm envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ironlb .
+
+## image: static ironlb binaries for IMAGE_PLATFORMS in bin/OS-ARCH/, then
+## the image FROM scratch (binary at /ironlb, user 65532) as one tar,
+## bin/ironlb-oci.tar; prints `image REF digest sha256:...`. No container
+## daemon needed. Load it on a node with
+## `ctr -n k8s.io images import bin/ironlb-oci.tar`, or `docker load -i`.
+image:
+	@if [ "$(IMAGE_TAG)" = latest ]; then echo "image: IMAGE_TAG=latest would hide which build runs; give a version" >&2; exit 1; fi
+	@set -e; bins=(); for p in $(IMAGE_PLATFORMS); do \
+	  os=$${p%%/*}; arch=$${p#*/}; out=bin/$$os-$$arch/ironlb; \
+	  echo "go build $$out ($(VERSION))"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w -buildid= $(LDFLAGS)" -o $$out .; \
+	  bins+=(-binary "$$p=$$out"); \
+	done; \
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./hack/image -ref "$(IMAGE)" -out bin/ironlb-oci.tar \
+	  -entrypoint /ironlb -user $(IMAGE_USER) -label org.opencontainers.image.version=$(VERSION) "$${bins[@]}"
 
 ## generate: deepcopy functions and CRD manifests from the API types
 generate:

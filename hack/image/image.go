@@ -110,6 +110,9 @@ func Build(cfg Config, out string) (Result, error) {
 		images = append(images, img)
 	}
 
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return Result{}, fmt.Errorf("directory for %q: %w", out, err)
+	}
 	dir, err := os.MkdirTemp(filepath.Dir(out), ".image-layout-")
 	if err != nil {
 		return Result{}, fmt.Errorf("staging directory for %q: %w", out, err)
