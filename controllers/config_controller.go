@@ -29,6 +29,11 @@ const (
 	ConfigurationStateName = "controller"
 	ConditionValid         = "Valid"
 	ReasonInvalidConfig    = "InvalidConfiguration"
+	// ConditionDanglingReferences is True while an object names another
+	// that does not exist (yet): a warning; Result stays Valid when nothing
+	// else is wrong.
+	ConditionDanglingReferences = "DanglingReferences"
+	ReasonDanglingReference     = "DanglingReference"
 )
 
 // ConfigReconciler resolves the metallb.io objects into one configuration,
@@ -87,7 +92,8 @@ func (r *ConfigReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 }
 
 // tellProblems records a Warning Event on each object at fault, once per
-// distinct problem.
+// distinct problem: reason InvalidConfiguration, or DanglingReference for a
+// name that resolves once its object appears.
 func (r *ConfigReconciler) tellProblems(res policy.Resources, problems []policy.Problem) {
 	objects := objectIndex(res)
 	now := make(map[string]bool, len(problems))
@@ -96,8 +102,12 @@ func (r *ConfigReconciler) tellProblems(res policy.Resources, problems []policy.
 		if r.reported[p.Message] {
 			continue
 		}
+		reason := ReasonInvalidConfig
+		if p.Dangling {
+			reason = ReasonDanglingReference
+		}
 		if obj, ok := objects[p.Kind+"/"+p.Namespace+"/"+p.Name]; ok {
-			r.Recorder.Eventf(obj, corev1.EventTypeWarning, ReasonInvalidConfig, "%s", p.Message)
+			r.Recorder.Eventf(obj, corev1.EventTypeWarning, reason, "%s", p.Message)
 		}
 	}
 	r.reported = now
@@ -129,16 +139,22 @@ func objectIndex(res policy.Resources) map[string]client.Object {
 
 // writeState creates or updates ConfigurationState "controller".
 func (r *ConfigReconciler) writeState(ctx context.Context, problems []policy.Problem) error {
-	msgs := make([]string, len(problems))
-	for i, p := range problems {
-		msgs[i] = p.Message
+	var msgs, dangling []string
+	for _, p := range problems {
+		if p.Dangling {
+			dangling = append(dangling, p.Message)
+		} else {
+			msgs = append(msgs, p.Message)
+		}
 	}
 	return WriteConfigurationState(ctx, r.Client, StateReport{
 		Namespace: r.Namespace, Name: ConfigurationStateName,
-		Labels:   map[string]string{v1beta1.ComponentTypeLabel: "controller"},
-		Problems: msgs,
-		Valid:    "every object is part of the configuration",
-		Outcome:  "the objects at fault are left out, the rest is in force",
+		Labels:        map[string]string{v1beta1.ComponentTypeLabel: "controller"},
+		Problems:      msgs,
+		ResolvesNames: true,
+		Dangling:      dangling,
+		Valid:         "every object is part of the configuration",
+		Outcome:       "the objects at fault are left out, the rest is in force",
 	})
 }
 
@@ -150,6 +166,13 @@ type StateReport struct {
 	// Problems are the messages for errorSummary, one a line; none means
 	// Valid.
 	Problems []string
+	// ResolvesNames is set by the component that resolves references
+	// between objects (the controller): it alone writes the
+	// DanglingReferences condition, from Dangling, the messages of
+	// references to objects that do not exist (yet). They are warnings and
+	// leave Result alone.
+	ResolvesNames bool
+	Dangling      []string
 	// Valid is the Valid condition's message without problems; Outcome
 	// tells users, in its message, what the component does about them.
 	Valid, Outcome string
@@ -157,7 +180,8 @@ type StateReport struct {
 
 // WriteConfigurationState creates or updates the ConfigurationState of a
 // component (the controller, or the speaker of one node): Result Valid or
-// Invalid, errorSummary and the Valid condition.
+// Invalid, errorSummary and the Valid condition, and for the controller the
+// DanglingReferences condition.
 func WriteConfigurationState(ctx context.Context, c client.Client, rep StateReport) error {
 	st := &v1beta1.ConfigurationState{ObjectMeta: metav1.ObjectMeta{Name: rep.Name, Namespace: rep.Namespace}}
 	if _, err := controllerutil.CreateOrUpdate(ctx, c, st, func() error {
@@ -179,8 +203,34 @@ func WriteConfigurationState(ctx context.Context, c client.Client, rep StateRepo
 		cond.Message = fmt.Sprintf("%d problem(s); %s: %s", len(rep.Problems), rep.Outcome, rep.Problems[0])
 	}
 	apierrors.SetStatusCondition(&st.Status.Conditions, cond)
+	if rep.ResolvesNames {
+		apierrors.SetStatusCondition(&st.Status.Conditions, danglingCondition(rep.Dangling, st.Generation))
+	}
 	if err := c.Status().Patch(ctx, st, client.MergeFrom(orig)); err != nil {
 		return fmt.Errorf("write ConfigurationState %s/%s status: %w", rep.Namespace, rep.Name, err)
 	}
 	return nil
+}
+
+// maxDanglingShown keeps the condition's message well inside the 32 KiB a
+// condition message may hold.
+const maxDanglingShown = 20
+
+// danglingCondition tells whether objects name others that do not exist
+// yet. MetalLB accepts such names, and `kubectl apply -f dir/` creates
+// objects in any order, so this is a warning: True lists the names, which
+// resolve by themselves once their objects appear.
+func danglingCondition(dangling []string, generation int64) metav1.Condition {
+	c := metav1.Condition{Type: ConditionDanglingReferences, Status: metav1.ConditionFalse, Reason: "Resolved",
+		Message: "every name an object uses resolves", ObservedGeneration: generation}
+	if len(dangling) > 0 {
+		c.Status, c.Reason = metav1.ConditionTrue, ReasonDanglingReference
+		shown := dangling[:min(len(dangling), maxDanglingShown)]
+		c.Message = fmt.Sprintf("%d name(s) select nothing until their objects appear; the configuration is otherwise unaffected:\n%s",
+			len(dangling), strings.Join(shown, "\n"))
+		if len(shown) < len(dangling) {
+			c.Message += fmt.Sprintf("\n(%d more, see the Events of the objects)", len(dangling)-len(shown))
+		}
+	}
+	return c
 }

@@ -45,6 +45,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if err := (&ConfigReconciler{Client: mgr.GetClient(), Recorder: recorder, Namespace: o.Namespace, LBClass: o.LBClass, state: state, services: services}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if err := setupStrayReporters(mgr, o.Namespace, recorder); err != nil {
+		return err
+	}
 	ipMode, err := parseIPMode(string(o.IPMode))
 	if err != nil {
 		return err

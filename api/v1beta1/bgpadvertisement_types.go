@@ -61,6 +61,7 @@ type BGPAdvertisementSpec struct {
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=64
 	// +kubebuilder:validation:items:XValidation:rule=`(!self.contains(':') && !self.matches('\\s')) || (self.matches('^[0-9]{1,5}:[0-9]{1,5}$') && self.split(':').all(p, int(p) <= 65535)) || (self.matches('^large:[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10}$') && self.substring(6).split(':').all(p, int(p) <= 4294967295))`,messageExpression=`'"' + self + '" is not a community: use a standard community (65000:100, 16-bit numbers), a large community (large:65000:1:2, 32-bit numbers) or an alias name without colons'`
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,messageExpression=`'"' + self.filter(x, !self.exists_one(y, y == x))[0] + '" is listed more than once'`
 	Communities []string `json:"communities,omitempty"`
 
 	// IPAddressPools names the pools to announce. When neither this nor
@@ -68,17 +69,20 @@ type BGPAdvertisementSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,messageExpression=`'"' + self.filter(x, !self.exists_one(y, y == x))[0] + '" is listed more than once'`
 	IPAddressPools []string `json:"ipAddressPools,omitempty"`
 
 	// IPAddressPoolSelectors select, by label, pools to announce.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	IPAddressPoolSelectors []metav1.LabelSelector `json:"ipAddressPoolSelectors,omitempty"`
 
 	// NodeSelectors limit the nodes announced as next hops. When empty, every
 	// node is.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	NodeSelectors []metav1.LabelSelector `json:"nodeSelectors,omitempty"`
 
 	// Peers names the BGPPeers the addresses are announced to. When empty,
@@ -86,6 +90,7 @@ type BGPAdvertisementSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,messageExpression=`'"' + self.filter(x, !self.exists_one(y, y == x))[0] + '" is listed more than once'`
 	Peers []string `json:"peers,omitempty"`
 
 	// ServiceSelectors limit the advertisement to Services with matching
@@ -93,6 +98,7 @@ type BGPAdvertisementSpec struct {
 	// is announced. This field is an ironlb addition.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	ServiceSelectors []metav1.LabelSelector `json:"serviceSelectors,omitempty"`
 }
 

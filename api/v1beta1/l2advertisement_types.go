@@ -28,17 +28,20 @@ type L2AdvertisementSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,messageExpression=`'"' + self.filter(x, !self.exists_one(y, y == x))[0] + '" is listed more than once'`
 	IPAddressPools []string `json:"ipAddressPools,omitempty"`
 
 	// IPAddressPoolSelectors select, by label, pools to announce.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	IPAddressPoolSelectors []metav1.LabelSelector `json:"ipAddressPoolSelectors,omitempty"`
 
 	// NodeSelectors limit the nodes that may answer for the addresses. When
 	// empty, every node may.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	NodeSelectors []metav1.LabelSelector `json:"nodeSelectors,omitempty"`
 
 	// Interfaces limit the node interfaces the addresses are announced on.
@@ -48,6 +51,7 @@ type L2AdvertisementSpec struct {
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=15
 	// +kubebuilder:validation:items:Pattern=`^[^/\s:]+$`
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,messageExpression=`'"' + self.filter(x, !self.exists_one(y, y == x))[0] + '" is listed more than once'`
 	Interfaces []string `json:"interfaces,omitempty"`
 
 	// ServiceSelectors limit the advertisement to Services with matching
@@ -55,6 +59,7 @@ type L2AdvertisementSpec struct {
 	// is announced. This field is an ironlb addition.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	ServiceSelectors []metav1.LabelSelector `json:"serviceSelectors,omitempty"`
 }
 

@@ -130,6 +130,7 @@ type BGPPeerSpec struct {
 	// node does.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule=`self.all(x, self.exists_one(y, y == x))`,message=`lists the same selector twice: remove one of them`
 	NodeSelectors []metav1.LabelSelector `json:"nodeSelectors,omitempty"`
 
 	// Password for TCP MD5 authentication of the session. Mutually exclusive

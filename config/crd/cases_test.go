@@ -42,12 +42,30 @@ var rejections = []rejection{
 		[]string{"spec.addresses", "Required value"}},
 	{"pool negative priority", "v1beta1", "IPAddressPool", "addresses: [10.0.0.0/24]\nserviceAllocation:\n  priority: -1",
 		[]string{"spec.serviceAllocation.priority", "-1"}},
+	{"pool duplicate address", "v1beta1", "IPAddressPool", "addresses: [10.0.0.0/24, 10.1.0.0/24, 10.0.0.0/24]",
+		[]string{"spec.addresses", `"10.0.0.0/24" is listed more than once`}},
+	{"pool duplicate namespace", "v1beta1", "IPAddressPool", "addresses: [10.0.0.0/24]\nserviceAllocation:\n  namespaces: [web, api, web]",
+		[]string{"spec.serviceAllocation.namespaces", `"web" is listed more than once`}},
+	{"pool duplicate namespace selector", "v1beta1", "IPAddressPool", "addresses: [10.0.0.0/24]\nserviceAllocation:\n  namespaceSelectors:\n  - matchLabels: {team: a}\n  - matchLabels: {team: b}\n  - matchLabels: {team: a}",
+		[]string{"spec.serviceAllocation.namespaceSelectors", "lists the same selector twice"}},
+	{"pool duplicate service selector", "v1beta1", "IPAddressPool", "addresses: [10.0.0.0/24]\nserviceAllocation:\n  serviceSelectors:\n  - matchExpressions: [{key: app, operator: In, values: [a, b]}]\n  - matchExpressions: [{key: app, operator: In, values: [a, b]}]",
+		[]string{"spec.serviceAllocation.serviceSelectors", "lists the same selector twice"}},
 	{"pool bad namespace name", "v1beta1", "IPAddressPool", "addresses: [10.0.0.0/24]\nserviceAllocation:\n  namespaces: [Team_A]",
 		[]string{"spec.serviceAllocation.namespaces[0]", `"Team_A"`}},
 
 	// L2Advertisement
 	{"l2 interface with slash", "v1beta1", "L2Advertisement", "interfaces: [eth0/1]",
 		[]string{"spec.interfaces[0]", `"eth0/1"`}},
+	{"l2 duplicate pool", "v1beta1", "L2Advertisement", "ipAddressPools: [a, b, a]",
+		[]string{"spec.ipAddressPools", `"a" is listed more than once`}},
+	{"l2 duplicate pool selector", "v1beta1", "L2Advertisement", "ipAddressPoolSelectors:\n- matchLabels: {tier: gold}\n- matchLabels: {tier: gold}",
+		[]string{"spec.ipAddressPoolSelectors", "lists the same selector twice"}},
+	{"l2 duplicate node selector", "v1beta1", "L2Advertisement", "nodeSelectors:\n- matchLabels: {zone: a}\n- matchLabels: {zone: a}",
+		[]string{"spec.nodeSelectors", "lists the same selector twice"}},
+	{"l2 duplicate service selector", "v1beta1", "L2Advertisement", "serviceSelectors:\n- matchLabels: {app: web}\n- matchLabels: {app: web}",
+		[]string{"spec.serviceSelectors", "lists the same selector twice"}},
+	{"l2 duplicate interface", "v1beta1", "L2Advertisement", "interfaces: [eth0, eth1, eth0]",
+		[]string{"spec.interfaces", `"eth0" is listed more than once`}},
 	{"l2 interface too long", "v1beta1", "L2Advertisement", "interfaces: [a-very-long-interface]",
 		[]string{"spec.interfaces[0]", "may not be more than 15"}},
 
@@ -68,6 +86,20 @@ var rejections = []rejection{
 		[]string{"spec.communities[0]", `"large:4294967296:1:1" is not a community`}},
 	{"bgpadv alias with space", "v1beta1", "BGPAdvertisement", `communities: ["my alias"]`,
 		[]string{"spec.communities[0]", `"my alias" is not a community`}},
+	{"bgpadv duplicate pool", "v1beta1", "BGPAdvertisement", "ipAddressPools: [a, a]",
+		[]string{"spec.ipAddressPools", `"a" is listed more than once`}},
+	{"bgpadv duplicate peer", "v1beta1", "BGPAdvertisement", "peers: [tor-1, tor-2, tor-1]",
+		[]string{"spec.peers", `"tor-1" is listed more than once`}},
+	{"bgpadv duplicate literal community", "v1beta1", "BGPAdvertisement", `communities: ["65000:100", "65000:100"]`,
+		[]string{"spec.communities", `"65000:100" is listed more than once`}},
+	{"bgpadv duplicate alias", "v1beta1", "BGPAdvertisement", `communities: ["gold", "gold"]`,
+		[]string{"spec.communities", `"gold" is listed more than once`}},
+	{"bgpadv duplicate pool selector", "v1beta1", "BGPAdvertisement", "ipAddressPoolSelectors:\n- matchLabels: {tier: gold}\n- matchLabels: {tier: gold}",
+		[]string{"spec.ipAddressPoolSelectors", "lists the same selector twice"}},
+	{"bgpadv duplicate node selector", "v1beta1", "BGPAdvertisement", "nodeSelectors:\n- matchExpressions: [{key: zone, operator: Exists}]\n- matchExpressions: [{key: zone, operator: Exists}]",
+		[]string{"spec.nodeSelectors", "lists the same selector twice"}},
+	{"bgpadv duplicate service selector", "v1beta1", "BGPAdvertisement", "serviceSelectors:\n- matchLabels: {app: web}\n- matchLabels: {app: web}",
+		[]string{"spec.serviceSelectors", "lists the same selector twice"}},
 	{"bgpadv local pref over 32 bits", "v1beta1", "BGPAdvertisement", "localPref: 4294967296",
 		[]string{"spec.localPref", "4294967296"}},
 
@@ -143,6 +175,9 @@ var rejections = []rejection{
 	{"peer port over 16 bits", "v1beta2", "BGPPeer", peer + "peerPort: 65536",
 		[]string{"spec.peerPort", "65536"}},
 
+	{"peer duplicate node selector", "v1beta2", "BGPPeer", peer + "nodeSelectors:\n- matchLabels: {rack: r1}\n- matchLabels: {rack: r1}",
+		[]string{"spec.nodeSelectors", "lists the same selector twice"}},
+
 	// BGPPeer v1beta1
 	{"v1beta1 peer ASN zero", "v1beta1", "BGPPeer", "myASN: 64512\npeerASN: 0\npeerAddress: 10.0.0.1",
 		[]string{"spec.peerASN", "0", "greater than or equal to 1"}},
@@ -152,6 +187,8 @@ var rejections = []rejection{
 		[]string{"spec.holdTime", `holdTime "1s" must be 0`}},
 	{"v1beta1 peer keepalive over hold time", "v1beta1", "BGPPeer", peer + "holdTime: 9s\nkeepaliveTime: 10s",
 		[]string{"spec.keepaliveTime", "keepaliveTime 10s is greater than holdTime 9s"}},
+	{"v1beta1 peer duplicate node selector", "v1beta1", "BGPPeer", peer + "nodeSelectors:\n- matchLabels: {rack: r1}\n- matchLabels: {rack: r1}",
+		[]string{"spec.nodeSelectors", "lists the same selector twice"}},
 }
 
 // acceptance is a valid object close to the limits of the rules.
@@ -188,6 +225,16 @@ aggregationLength: 0
 aggregationLengthV6: 0
 localPref: 4294967295
 communities: ["0:0", "65535:65535", "large:0:0:0", "large:4294967295:4294967295:4294967295", "my_alias.1"]`},
+	// Lists whose entries differ, however little, are not duplicates.
+	{"lists with distinct entries", "v1beta1", "BGPAdvertisement", `
+ipAddressPools: [a, b]
+peers: [tor-1, tor-2]
+communities: ["65000:100", "65000:101", gold]
+nodeSelectors:
+- matchLabels: {zone: a}
+- matchLabels: {zone: a, rack: r1}
+- matchExpressions: [{key: zone, operator: In, values: [a, b]}]
+- matchExpressions: [{key: zone, operator: NotIn, values: [a, b]}]`},
 	{"bfd bounds", "v1beta1", "BFDProfile", `
 receiveInterval: 10
 transmitInterval: 60000
