@@ -297,7 +297,7 @@ image: {repository: registry.example/ironlb, tag: v9.9.9, pullPolicy: Always}
 loadBalancerClass: example.com/ironlb
 ipMode: VIP
 crds: {enabled: false}
-memberlist: {port: 7947}
+memberlist: {port: 7947, secretWait: 30s, allowUnencrypted: true}
 controller:
   replicas: 3
   leaderElection: false
@@ -306,7 +306,7 @@ controller:
 speaker:
   forwarder: "off"
   tolerations: [{operator: Exists}]
-  nodeSelector: {ironlb.example/speaker: "true"}
+  nodeSelector: {ironlb.example/speaker: "true", kubernetes.io/os: null}
   priorityClassName: system-node-critical
   resources: {limits: {memory: 512Mi}}
 metrics:
@@ -335,7 +335,7 @@ func TestValuesReachObjects(t *testing.T) {
 	}
 	wantArgs := map[string][]string{
 		"controller": {"controller", "--leader-elect=false", "--lb-class=example.com/ironlb", "--ip-mode=VIP", "--metrics-bind-address=:9100"},
-		"speaker":    {"speaker", "--lb-class=example.com/ironlb", "--forwarder=off", "--memberlist-port=7947", "--metrics-bind-address=:9100"},
+		"speaker":    {"speaker", "--lb-class=example.com/ironlb", "--forwarder=off", "--memberlist-port=7947", "--memberlist-allow-unencrypted", "--memberlist-secret-wait=30s", "--metrics-bind-address=:9100"},
 	}
 	for _, ct := range []corev1.Container{c, s} {
 		if diff := cmp.Diff(wantArgs[ct.Name], ct.Args); diff != "" {
@@ -351,7 +351,9 @@ func TestValuesReachObjects(t *testing.T) {
 	if got := s.Resources.Limits.Memory().String(); got != "512Mi" {
 		t.Errorf("speaker memory limit %s, want 512Mi", got)
 	}
-	if diff := cmp.Diff(map[string]string{"node-role.kubernetes.io/control-plane": ""}, ctl.Spec.Template.Spec.NodeSelector); diff != "" {
+	// Helm merges maps: the default kubernetes.io/os stays beside the
+	// user's selector unless set to null.
+	if diff := cmp.Diff(map[string]string{"kubernetes.io/os": "linux", "node-role.kubernetes.io/control-plane": ""}, ctl.Spec.Template.Spec.NodeSelector); diff != "" {
 		t.Errorf("controller nodeSelector (-want +got):\n%s", diff)
 	}
 	pod := spk.Spec.Template.Spec
