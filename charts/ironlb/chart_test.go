@@ -5,6 +5,7 @@
 package chart
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"flag"
@@ -139,24 +140,31 @@ func objectKey(o *unstructured.Unstructured) string {
 	return fmt.Sprintf("%s %s %s/%s", o.GetAPIVersion(), o.GetKind(), o.GetNamespace(), o.GetName())
 }
 
-// objects decodes a multi-document manifest, keyed by objectKey.
+// objects decodes a multi-document manifest, keyed by objectKey, numbers
+// as the API machinery reads them (int64 where integral).
 func objects(t *testing.T, manifest []byte) map[string]*unstructured.Unstructured {
 	t.Helper()
 	out := map[string]*unstructured.Unstructured{}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifest), 4096)
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifest)))
 	for {
-		var m map[string]any
-		err := dec.Decode(&m)
+		doc, err := r.Read()
 		if errors.Is(err, io.EOF) {
 			return out
 		}
 		if err != nil {
-			t.Fatalf("decode manifest: %v", err)
+			t.Fatalf("read manifest: %v", err)
 		}
-		if len(m) == 0 {
+		j, err := sigsyaml.YAMLToJSON(doc)
+		if err != nil {
+			t.Fatalf("decode manifest document: %v\n%s", err, doc)
+		}
+		if s := string(bytes.TrimSpace(j)); s == "null" || s == "{}" {
 			continue
 		}
-		o := &unstructured.Unstructured{Object: m}
+		o := &unstructured.Unstructured{}
+		if err := o.UnmarshalJSON(j); err != nil {
+			t.Fatalf("decode manifest document: %v\n%s", err, doc)
+		}
 		k := objectKey(o)
 		if _, dup := out[k]; dup {
 			t.Fatalf("manifest holds %s twice", k)
@@ -535,14 +543,13 @@ func (c *cluster) exists(args ...string) bool {
 	return strings.TrimSpace(out) != ""
 }
 
-const testPool = `apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: first-pool
-  namespace: metallb-system
-spec:
-  addresses: ["172.25.254.50-172.25.254.99"]
-`
+// established waits until the API server serves the CRDs Helm just
+// created (Helm does not wait for templated CRDs).
+func (c *cluster) established() {
+	c.t.Helper()
+	c.sh("kubectl wait --for condition=established --timeout=60s crd -l app.kubernetes.io/managed-by=Helm")
+}
+
 
 // TestInstallUpgradeUninstall follows docs/install.md with the pinned Helm
 // against a real API server: install, upgrade with a changed value, and
@@ -551,9 +558,8 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	c := startEmptyCluster(t)
 	c.sh("helm install ironlb charts/ironlb -n metallb-system --create-namespace")
 	c.sh("kubectl label namespace metallb-system pod-security.kubernetes.io/enforce=privileged")
-	if _, err := c.cp.KubectlInput([]byte(testPool), "apply", "-f", "-"); err != nil {
-		t.Fatalf("create a pool after helm install: %v", err)
-	}
+	c.established()
+	c.sh("kubectl apply -f examples/01-l2-first-pool.yaml")
 
 	c.sh("helm upgrade ironlb charts/ironlb -n metallb-system --set loadBalancerClass=example.com/ironlb")
 	args, err := c.cp.Kubectl("get", "deployment/controller", "-n", "metallb-system", "-o", "jsonpath={.spec.template.spec.containers[0].args}")
@@ -581,9 +587,8 @@ func TestTakeOverFromHelmRelease(t *testing.T) {
 	c := startEmptyCluster(t)
 	c.env = append(c.env, "BACKUP="+filepath.Join(t.TempDir(), "backup.yaml"))
 	c.sh("helm install metallb charts/ironlb -n metallb-system --create-namespace --set crds.keep=false")
-	if _, err := c.cp.KubectlInput([]byte(testPool), "apply", "-f", "-"); err != nil {
-		t.Fatalf("create a pool: %v", err)
-	}
+	c.established()
+	c.sh("kubectl apply -f examples/01-l2-first-pool.yaml")
 	c.sh(`kubectl get ipaddresspools,l2advertisements,bgppeers,bgpadvertisements,communities,bfdprofiles \
   -n metallb-system -o yaml > "$BACKUP"`)
 	c.sh(`for crd in $(kubectl get crd -o name | grep '\.metallb\.io$'); do
