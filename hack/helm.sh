@@ -23,7 +23,7 @@ if ! { [ -x "$OUT/helm" ] && [ -f "$OUT/.helm.ok" ]; }; then
     printf 'module ironlb.local/helm-build\n\ngo 1.26\n' >go.mod
     rm -f go.sum
     go get "helm.sh/helm/v4@$HELM_VERSION" >/dev/null
-    log "building helm $HELM_VERSION (a cold build takes a few minutes on 2 cores)"
+    log "building helm $HELM_VERSION (cold: about 8 minutes of CPU time, 2 cores)"
     # The version Helm reports comes from this variable, as Helm's own
     # Makefile sets it; without it `helm version` says only the minor.
     go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
