@@ -460,7 +460,61 @@ func checkRules(t *testing.T, rule *unstructured.Unstructured) {
 	}
 	out := run(t, promtool, "check", "rules", f)
 	t.Logf("%s", out)
+	tests := filepath.Join(filepath.Dir(f), "rules_test.yaml")
+	if err := os.WriteFile(tests, []byte(alertTests), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out = run(t, promtool, "test", "rules", tests)
+	t.Logf("%s", out)
 }
+
+// alertTests is a promtool unit test of the PrometheusRule rendered in
+// namespace lb: which alerts fire on which series, with their texts. Two
+// speakers and a controller are scraped; node-a's BGP session to peer tor
+// drops after a minute, and node-b sees only itself in memberlist.
+const alertTests = `
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+- interval: 1m
+  input_series:
+  - series: 'up{namespace="lb", job="speaker-metrics", instance="node-a:9100"}'
+    values: '1x10'
+  - series: 'up{namespace="lb", job="speaker-metrics", instance="node-b:9100"}'
+    values: '1x10'
+  - series: 'up{namespace="lb", job="controller-metrics", instance="ctl:9100"}'
+    values: '1x10'
+  - series: 'ironlb_bgp_session_up{namespace="lb", instance="node-a:9100", peer="tor"}'
+    values: '1 0x10'
+  - series: 'ironlb_election_members{namespace="lb", instance="node-a:9100"}'
+    values: '2x10'
+  - series: 'ironlb_election_members{namespace="lb", instance="node-b:9100"}'
+    values: '1x10'
+  alert_rule_test:
+  - eval_time: 4m
+    alertname: IronLBBGPSessionDown
+    exp_alerts: []
+  - eval_time: 10m
+    alertname: IronLBBGPSessionDown
+    exp_alerts:
+    - exp_labels: {severity: warning, namespace: lb, instance: "node-a:9100", peer: tor}
+      exp_annotations:
+        summary: BGP session from node-a:9100 to peer tor is down
+        description: The router no longer learns this node as a next hop for the Service addresses.
+  - eval_time: 10m
+    alertname: IronLBMemberlistSplit
+    exp_alerts:
+    - exp_labels: {severity: warning, namespace: lb, instance: "node-b:9100"}
+      exp_annotations:
+        summary: speaker node-b:9100 sees 1 memberlist members, fewer than the speakers running
+        description: Speakers that cannot see each other may both answer for the same layer-2 address; check that the memberlist port is open between nodes.
+  - eval_time: 10m
+    alertname: IronLBSpeakerDown
+    exp_alerts: []
+  - eval_time: 10m
+    alertname: IronLBControllerDown
+    exp_alerts: []
+`
 
 // TestRenderedManifestsApply: the API server accepts what the chart
 // renders, with its defaults and with every value changed (server-side
