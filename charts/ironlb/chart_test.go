@@ -604,7 +604,6 @@ func (c *cluster) established() {
 	c.sh("kubectl wait --for condition=established --timeout=60s crd -l app.kubernetes.io/managed-by=Helm")
 }
 
-
 // TestInstallUpgradeUninstall follows docs/install.md with the pinned Helm
 // against a real API server: install, upgrade with a changed value, and
 // uninstall, which keeps the CRDs and the pools (crds.keep).
