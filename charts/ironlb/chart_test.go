@@ -174,20 +174,23 @@ func objects(t *testing.T, manifest []byte) map[string]*unstructured.Unstructure
 }
 
 // withoutHelmMetadata drops the labels and annotations only Helm reads.
-func withoutHelmMetadata(objs map[string]*unstructured.Unstructured) map[string]map[string]any {
+func withoutHelmMetadata(t *testing.T, objs map[string]*unstructured.Unstructured) map[string]map[string]any {
+	t.Helper()
 	out := map[string]map[string]any{}
 	for k, o := range objs {
 		o = o.DeepCopy()
-		labels := o.GetLabels()
-		for _, l := range helmOnlyLabels {
-			delete(labels, l)
+		for field, drop := range map[string][]string{"labels": helmOnlyLabels, "annotations": helmOnlyAnnotations} {
+			m, _, _ := unstructured.NestedStringMap(o.Object, "metadata", field)
+			for _, key := range drop {
+				delete(m, key)
+			}
+			// An object left with none has none, as in config/.
+			if len(m) == 0 {
+				unstructured.RemoveNestedField(o.Object, "metadata", field)
+			} else if err := unstructured.SetNestedStringMap(o.Object, m, "metadata", field); err != nil {
+				t.Fatalf("%s: set metadata.%s: %v", k, field, err)
+			}
 		}
-		o.SetLabels(labels)
-		annotations := o.GetAnnotations()
-		for _, a := range helmOnlyAnnotations {
-			delete(annotations, a)
-		}
-		o.SetAnnotations(annotations)
 		out[k] = o.Object
 	}
 	return out
@@ -213,7 +216,7 @@ func TestDefaultsRenderConfig(t *testing.T) {
 	// fail to install into it.
 	delete(want, "v1 Namespace /"+namespace)
 	got := objects(t, render(t, namespace))
-	if diff := cmp.Diff(withoutHelmMetadata(want), withoutHelmMetadata(got)); diff != "" {
+	if diff := cmp.Diff(withoutHelmMetadata(t, want), withoutHelmMetadata(t, got)); diff != "" {
 		t.Errorf("helm template %s charts/ironlb -n %s differs from kubectl kustomize config/default (-kustomize +helm):\n%s", release, namespace, diff)
 	}
 }
