@@ -252,8 +252,10 @@ func TestFilesMatchConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(filepath.Join(chartDir(t), copy))
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("charts/ironlb/%s differs from %s: run `make chart-files` (%v)", copy, source, err)
+		if err != nil {
+			t.Errorf("charts/ironlb/%s, the copy of %s: %v: run `make chart-files`", copy, source, err)
+		} else if !bytes.Equal(got, want) {
+			t.Errorf("charts/ironlb/%s differs from %s: run `make chart-files`", copy, source)
 		}
 	}
 }
