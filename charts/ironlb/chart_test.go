@@ -18,12 +18,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/ironlb/ironlb/controllers"
@@ -55,6 +57,12 @@ var helmOnlyLabels = []string{
 // helmOnlyAnnotations are read by Helm alone: the keep policy on the CRDs
 // (crds.keep) makes `helm uninstall` leave them, and with them every pool.
 var helmOnlyAnnotations = []string{"helm.sh/resource-policy"}
+
+func TestMain(m *testing.M) {
+	// envtest logs through controller-runtime; nothing here reads it.
+	ctrllog.SetLogger(logr.Discard())
+	os.Exit(m.Run())
+}
 
 // helm finds the Helm CLI: $IRONLB_HELM (`make test` sets it), else the
 // cache hack/helm.sh fills. Missing, it fails the test under CI, where
