@@ -408,20 +408,10 @@ func update(t *testing.T, c client.Client, name string, change func(*corev1.Serv
 	}
 }
 
-// eventually polls check until it returns "" or a minute passes.
+// eventually waits up to a minute for check to return "".
 func eventually(t *testing.T, what string, check func() string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, msg)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+	controlplane.Eventually(t, time.Minute, what, check)
 }
 
 func ptr[T any](v T) *T { return &v }
