@@ -146,6 +146,7 @@ func TestExamplesApply(t *testing.T) {
 		{file: "01-l2-first-pool.yaml", pool: "first-pool", address: "172.25.254.50-172.25.254.99"},
 		{file: "02-l2-pool-192-168-100.yaml", pool: "lan-pool", address: "192.168.100.100-192.168.100.150"},
 	}, "l2advertisement.metallb.io/example\nl2advertisement.metallb.io/lan\n")
+	checkExampleServices(t, k, dir)
 }
 
 // sharedExamples is where the manifests users apply to MetalLB today sit
@@ -172,6 +173,34 @@ func TestSharedExamplesApplyUnchanged(t *testing.T) {
 		{file: "01-l2-first-pool.yaml", pool: "first-pool", address: "172.25.254.50-172.25.254.99"},
 		{file: "02-l2-pool-192-168-100.yaml", pool: "first-pool", address: "192.168.100.100-192.168.100.150"},
 	}, "l2advertisement.metallb.io/example\nl2advertisement.metallb.io/l2-adv\n")
+	checkExampleServices(t, k, dir)
+}
+
+// checkExampleServices applies the Service examples (03 to 05) and checks
+// that `kubectl get svc` lists each as a LoadBalancer, then removes them.
+func checkExampleServices(t *testing.T, k *cluster, dir string) {
+	t.Helper()
+	for _, tc := range []struct{ file, service string }{
+		{"03-service-loadbalancer.yaml", "dhj-service"},
+		{"04-service-external-endpoints.yaml", "mysql"},
+		{"05-session-affinity.yaml", "my-nginx"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			path := filepath.Join(dir, tc.file)
+			if out, err := k.Kubectl("apply", "-n", "default", "-f", path); err != nil {
+				t.Fatalf("kubectl apply -f %s: %v\n%s", tc.file, err, out)
+			}
+			t.Cleanup(func() {
+				if out, err := k.Kubectl("delete", "-n", "default", "-f", path); err != nil {
+					t.Errorf("kubectl delete -f %s: %v\n%s", tc.file, err, out)
+				}
+			})
+			out, err := k.Kubectl("get", "svc", "-n", "default", tc.service, "-o", "jsonpath={.spec.type}")
+			if err != nil || out != "LoadBalancer" {
+				t.Errorf("kubectl get svc %s: type %q (%v), want LoadBalancer", tc.service, out, err)
+			}
+		})
+	}
 }
 
 type examplePool struct{ file, pool, address string }

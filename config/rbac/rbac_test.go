@@ -133,7 +133,7 @@ func TestPermissions(t *testing.T) {
 	env := installRBAC(t)
 	var must, mustNot = map[account][]access{}, map[account][]access{}
 	for _, a := range [][]access{
-		each("list,watch", "", []string{"services", "namespaces"}, "default"),
+		each("list,watch", "", []string{"services", "namespaces"}, ""),
 		each("patch", "", []string{"services/status"}, "default"),
 		each("create,patch", "", []string{"events"}, "default"),
 		each("create,patch", "", []string{"events"}, ns),
@@ -366,11 +366,13 @@ func (a *announcer) addrs() []netip.Addr {
 	return out
 }
 
-// members is a memberlist view with this node alone.
+// members is a memberlist view with this node alone, which never changes.
 type members struct{}
 
+var noChanges = make(chan struct{})
+
 func (members) Alive() []string                  { return []string{"n1"} }
-func (members) Changes() <-chan struct{}         { return nil }
+func (members) Changes() <-chan struct{}         { return noChanges }
 func (members) Join(peers []string) (int, error) { return 0, nil }
 
 // run starts a manager and stops it, waiting, when the test ends.
@@ -408,20 +410,10 @@ func update(t *testing.T, c client.Client, name string, change func(*corev1.Serv
 	}
 }
 
-// eventually polls check until it returns "" or a minute passes.
+// eventually waits up to a minute for check to return "".
 func eventually(t *testing.T, what string, check func() string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, msg)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+	controlplane.Eventually(t, time.Minute, what, check)
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -264,3 +264,21 @@ func ExamplesDir() (string, error) {
 	}
 	return dir, nil
 }
+
+// Eventually polls check until it returns "" and fails the test with its
+// last complaint when timeout passes first: tests wait for what a user
+// would see, never for a fixed time.
+func Eventually(t testing.TB, timeout time.Duration, what string, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %s", what, timeout, msg)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
