@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/ironlb/ironlb/api/v1beta1"
 	"github.com/ironlb/ironlb/api/v1beta2"
@@ -161,5 +162,39 @@ func TestDanglingReferenceResolvesWhenCreated(t *testing.T) {
 	got := cfg.BGPAdvertisements[0]
 	if len(got.Pools) != 1 || got.Pools[0] != "later" || len(got.Peers) != 1 || got.Peers[0] != "tor-later" {
 		t.Errorf("advertisement = pools %v peers %v, want [later] [tor-later]", got.Pools, got.Peers)
+	}
+}
+
+// TestBFDEchoOverIPv6: an advertisement announcing an IPv6 pool to a peer
+// whose BFD profile uses echo mode is refused (MetalLB refuses the
+// configuration): the IPv6 pool is not announced through it, the IPv4 pool
+// still is.
+func TestBFDEchoOverIPv6(t *testing.T) {
+	for _, tc := range []struct {
+		name, field string
+		peers       []string
+	}{
+		{"named peer", "spec.peers[0]", []string{"tor"}},
+		{"every peer", "spec.peers", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Resources{
+				Pools:       []v1beta1.IPAddressPool{pool("v4", 0, "10.1.0.0/24"), pool("v6", 0, "fd01::/120")},
+				BFDProfiles: []v1beta1.BFDProfile{bfd("echo", 0, func(s *v1beta1.BFDProfileSpec) { s.EchoMode = ptr.To(true) })},
+				Peers:       []v1beta2.BGPPeer{peer("tor", 0, func(s *v1beta2.BGPPeerSpec) { s.BFDProfile = "echo" })},
+				BGPAdvs:     []v1beta1.BGPAdvertisement{bgpAdv("adv", 0, func(s *v1beta1.BGPAdvertisementSpec) { s.Peers = tc.peers })},
+			}
+			cfg, ps := Resolve(r)
+			if len(ps) != 1 || ps[0].Field != tc.field || ps[0].Dangling || !errors.Is(ps[0], ErrIncompatible) || !strings.Contains(ps[0].Message, "echo mode") {
+				t.Fatalf("Resolve problems:\n%swant one incompatible problem on %s about echo mode", messages(ps), tc.field)
+			}
+			if got := cfg.BGPAdvertisements[0].Pools; len(got) != 1 || got[0] != "v4" {
+				t.Errorf("advertisement pools = %v, want [v4]", got)
+			}
+			r.BFDProfiles[0].Spec.EchoMode = ptr.To(false)
+			if _, ps := Resolve(r); len(ps) != 0 {
+				t.Errorf("without echo mode, Resolve problems:\n%s", messages(ps))
+			}
+		})
 	}
 }
