@@ -42,22 +42,32 @@ func TestResolveRefusesDuplicates(t *testing.T) {
 			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.Namespaces = []string{"web", "web"} }))
 		}, KindIPAddressPool, "spec.serviceAllocation.namespaces", `"web" is listed twice`},
 		{"pool namespaceSelectors", func(r *Resources) {
-			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.NamespaceSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) {
+				a.NamespaceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindIPAddressPool, "spec.serviceAllocation.namespaceSelectors[1]", "is the same selector as spec.serviceAllocation.namespaceSelectors[0]"},
 		{"pool serviceSelectors, values in another order", func(r *Resources) {
-			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.ServiceSelectors = []metav1.LabelSelector{in("a", "b"), in("b", "a")} }))
+			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) {
+				a.ServiceSelectors = []metav1.LabelSelector{in("a", "b"), in("b", "a")}
+			}))
 		}, KindIPAddressPool, "spec.serviceAllocation.serviceSelectors[1]", "is the same selector as spec.serviceAllocation.serviceSelectors[0]"},
 		{"l2 ipAddressPools", func(r *Resources) {
 			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.IPAddressPools = []string{"p1", "p2", "p1"} }))
 		}, KindL2Advertisement, "spec.ipAddressPools[2]", `"p1" is listed more than once (also spec.ipAddressPools[0])`},
 		{"l2 ipAddressPoolSelectors", func(r *Resources) {
-			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) {
+				s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindL2Advertisement, "spec.ipAddressPoolSelectors[1]", "is the same selector as spec.ipAddressPoolSelectors[0]"},
 		{"l2 nodeSelectors", func(r *Resources) {
-			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.NodeSelectors = []metav1.LabelSelector{zone("a"), zone("b"), zone("a")} }))
+			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) {
+				s.NodeSelectors = []metav1.LabelSelector{zone("a"), zone("b"), zone("a")}
+			}))
 		}, KindL2Advertisement, "spec.nodeSelectors[2]", "is the same selector as spec.nodeSelectors[0]"},
 		{"l2 serviceSelectors", func(r *Resources) {
-			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) {
+				s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindL2Advertisement, "spec.serviceSelectors[1]", "is the same selector as spec.serviceSelectors[0]"},
 		{"l2 interfaces", func(r *Resources) {
 			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.Interfaces = []string{"eth0", "eth0"} }))
@@ -78,13 +88,17 @@ func TestResolveRefusesDuplicates(t *testing.T) {
 			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.Communities = []string{"65000:1", "65000:1"} }))
 		}, KindBGPAdvertisement, "spec.communities[1]", `"65000:1" is listed more than once`},
 		{"bgp ipAddressPoolSelectors", func(r *Resources) {
-			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) {
+				s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindBGPAdvertisement, "spec.ipAddressPoolSelectors[1]", "is the same selector"},
 		{"bgp nodeSelectors", func(r *Resources) {
 			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.NodeSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
 		}, KindBGPAdvertisement, "spec.nodeSelectors[1]", "is the same selector"},
 		{"bgp serviceSelectors", func(r *Resources) {
-			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) {
+				s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindBGPAdvertisement, "spec.serviceSelectors[1]", "is the same selector"},
 		{"peer nodeSelectors", func(r *Resources) {
 			r.Peers = append(r.Peers, peer("bad", 1, func(s *v1beta2.BGPPeerSpec) {
