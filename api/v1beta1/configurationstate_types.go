@@ -26,7 +26,9 @@ type ConfigurationResult string
 
 // The possible ConfigurationResult values.
 const (
-	// ConfigurationResultValid: every object was accepted.
+	// ConfigurationResultValid: every object was accepted. Names of objects
+	// that do not exist yet are warnings, in the controller's
+	// DanglingReferences condition, and leave the result Valid.
 	ConfigurationResultValid ConfigurationResult = "Valid"
 	// ConfigurationResultInvalid: at least one object was left out; see
 	// ErrorSummary and the Events on the objects.

@@ -261,8 +261,54 @@ func bgpAdvertisementFromCR(a *v1beta1.BGPAdvertisement, obj ref, pools poolTabl
 			ps.dangling(obj, field, name, other, "names "+other.String()+", which does not exist yet; the addresses are announced to it once it is created")
 		}
 	}
+	dropIPv6WithBFDEcho(&adv, obj, pools, peers, ps)
 	slices.Sort(adv.Peers)
 	return adv, true
+}
+
+// dropIPv6WithBFDEcho drops from adv the pools with IPv6 addresses when a
+// peer it announces to uses a BFD profile in echo mode, which works over
+// IPv4 only. MetalLB refuses the configuration; here the IPv6 pools are not
+// announced through this advertisement and the rest stays.
+func dropIPv6WithBFDEcho(adv *BGPAdvertisement, obj ref, pools poolTable, peers peerTable, ps *problems) {
+	var echo *Peer
+	field, detail := "spec.peers", ""
+	if len(adv.Peers) == 0 {
+		for _, p := range peers.order {
+			if peers.echo(p) {
+				echo, detail = p, "is empty, so the advertisement announces to every peer, including "
+				break
+			}
+		}
+	} else {
+		for i, name := range adv.Peers {
+			if p, ok := peers.byName[name]; ok && peers.echo(p) {
+				echo, field, detail = p, fmt.Sprintf("spec.peers[%d]", i), "names "
+				break
+			}
+		}
+	}
+	if echo == nil {
+		return
+	}
+	other := peers.refs[echo]
+	kept := adv.Pools[:0]
+	for _, name := range adv.Pools {
+		pool := pools.accepted[name]
+		if !pool.HasFamily(false) {
+			kept = append(kept, name)
+			continue
+		}
+		poolRef := ref{kind: KindIPAddressPool, namespace: pool.Namespace, name: name}
+		value := ""
+		if field != "spec.peers" {
+			value = echo.Name
+		}
+		ps.add(obj, false, field, value, other, ErrIncompatible,
+			fmt.Sprintf("%s%s, whose BFD profile %q uses echo mode, which works over IPv4 only; %s has IPv6 addresses and is not announced through this advertisement",
+				detail, other, echo.BFDProfile, poolRef))
+	}
+	adv.Pools = kept
 }
 
 func isCommunityFormat(err error) bool {

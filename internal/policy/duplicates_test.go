@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/ironlb/ironlb/api/v1beta1"
 	"github.com/ironlb/ironlb/api/v1beta2"
@@ -41,22 +42,32 @@ func TestResolveRefusesDuplicates(t *testing.T) {
 			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.Namespaces = []string{"web", "web"} }))
 		}, KindIPAddressPool, "spec.serviceAllocation.namespaces", `"web" is listed twice`},
 		{"pool namespaceSelectors", func(r *Resources) {
-			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.NamespaceSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) {
+				a.NamespaceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindIPAddressPool, "spec.serviceAllocation.namespaceSelectors[1]", "is the same selector as spec.serviceAllocation.namespaceSelectors[0]"},
 		{"pool serviceSelectors, values in another order", func(r *Resources) {
-			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.ServiceSelectors = []metav1.LabelSelector{in("a", "b"), in("b", "a")} }))
+			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) {
+				a.ServiceSelectors = []metav1.LabelSelector{in("a", "b"), in("b", "a")}
+			}))
 		}, KindIPAddressPool, "spec.serviceAllocation.serviceSelectors[1]", "is the same selector as spec.serviceAllocation.serviceSelectors[0]"},
 		{"l2 ipAddressPools", func(r *Resources) {
 			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.IPAddressPools = []string{"p1", "p2", "p1"} }))
 		}, KindL2Advertisement, "spec.ipAddressPools[2]", `"p1" is listed more than once (also spec.ipAddressPools[0])`},
 		{"l2 ipAddressPoolSelectors", func(r *Resources) {
-			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) {
+				s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindL2Advertisement, "spec.ipAddressPoolSelectors[1]", "is the same selector as spec.ipAddressPoolSelectors[0]"},
 		{"l2 nodeSelectors", func(r *Resources) {
-			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.NodeSelectors = []metav1.LabelSelector{zone("a"), zone("b"), zone("a")} }))
+			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) {
+				s.NodeSelectors = []metav1.LabelSelector{zone("a"), zone("b"), zone("a")}
+			}))
 		}, KindL2Advertisement, "spec.nodeSelectors[2]", "is the same selector as spec.nodeSelectors[0]"},
 		{"l2 serviceSelectors", func(r *Resources) {
-			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) {
+				s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindL2Advertisement, "spec.serviceSelectors[1]", "is the same selector as spec.serviceSelectors[0]"},
 		{"l2 interfaces", func(r *Resources) {
 			r.L2Advs = append(r.L2Advs, l2("bad", 1, func(s *v1beta1.L2AdvertisementSpec) { s.Interfaces = []string{"eth0", "eth0"} }))
@@ -77,13 +88,17 @@ func TestResolveRefusesDuplicates(t *testing.T) {
 			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.Communities = []string{"65000:1", "65000:1"} }))
 		}, KindBGPAdvertisement, "spec.communities[1]", `"65000:1" is listed more than once`},
 		{"bgp ipAddressPoolSelectors", func(r *Resources) {
-			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) {
+				s.IPAddressPoolSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindBGPAdvertisement, "spec.ipAddressPoolSelectors[1]", "is the same selector"},
 		{"bgp nodeSelectors", func(r *Resources) {
 			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.NodeSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
 		}, KindBGPAdvertisement, "spec.nodeSelectors[1]", "is the same selector"},
 		{"bgp serviceSelectors", func(r *Resources) {
-			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) { s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")} }))
+			r.BGPAdvs = append(r.BGPAdvs, bgpAdv("bad", 1, func(s *v1beta1.BGPAdvertisementSpec) {
+				s.ServiceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}
+			}))
 		}, KindBGPAdvertisement, "spec.serviceSelectors[1]", "is the same selector"},
 		{"peer nodeSelectors", func(r *Resources) {
 			r.Peers = append(r.Peers, peer("bad", 1, func(s *v1beta2.BGPPeerSpec) {
@@ -161,5 +176,39 @@ func TestDanglingReferenceResolvesWhenCreated(t *testing.T) {
 	got := cfg.BGPAdvertisements[0]
 	if len(got.Pools) != 1 || got.Pools[0] != "later" || len(got.Peers) != 1 || got.Peers[0] != "tor-later" {
 		t.Errorf("advertisement = pools %v peers %v, want [later] [tor-later]", got.Pools, got.Peers)
+	}
+}
+
+// TestBFDEchoOverIPv6: an advertisement announcing an IPv6 pool to a peer
+// whose BFD profile uses echo mode is refused (MetalLB refuses the
+// configuration): the IPv6 pool is not announced through it, the IPv4 pool
+// still is.
+func TestBFDEchoOverIPv6(t *testing.T) {
+	for _, tc := range []struct {
+		name, field string
+		peers       []string
+	}{
+		{"named peer", "spec.peers[0]", []string{"tor"}},
+		{"every peer", "spec.peers", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Resources{
+				Pools:       []v1beta1.IPAddressPool{pool("v4", 0, "10.1.0.0/24"), pool("v6", 0, "fd01::/120")},
+				BFDProfiles: []v1beta1.BFDProfile{bfd("echo", 0, func(s *v1beta1.BFDProfileSpec) { s.EchoMode = ptr.To(true) })},
+				Peers:       []v1beta2.BGPPeer{peer("tor", 0, func(s *v1beta2.BGPPeerSpec) { s.BFDProfile = "echo" })},
+				BGPAdvs:     []v1beta1.BGPAdvertisement{bgpAdv("adv", 0, func(s *v1beta1.BGPAdvertisementSpec) { s.Peers = tc.peers })},
+			}
+			cfg, ps := Resolve(r)
+			if len(ps) != 1 || ps[0].Field != tc.field || ps[0].Dangling || !errors.Is(ps[0], ErrIncompatible) || !strings.Contains(ps[0].Message, "echo mode") {
+				t.Fatalf("Resolve problems:\n%swant one incompatible problem on %s about echo mode", messages(ps), tc.field)
+			}
+			if got := cfg.BGPAdvertisements[0].Pools; len(got) != 1 || got[0] != "v4" {
+				t.Errorf("advertisement pools = %v, want [v4]", got)
+			}
+			r.BFDProfiles[0].Spec.EchoMode = ptr.To(false)
+			if _, ps := Resolve(r); len(ps) != 0 {
+				t.Errorf("without echo mode, Resolve problems:\n%s", messages(ps))
+			}
+		})
 	}
 }

@@ -27,6 +27,13 @@ type peerTable struct {
 	order   []*Peer
 	refs    map[*Peer]ref
 	leftOut map[string]ref
+	// bfd is the accepted BFD profiles, for rules that depend on a peer's.
+	bfd map[string]BFDProfile
+}
+
+// echo reports whether p uses a BFD profile in echo mode.
+func (t peerTable) echo(p *Peer) bool {
+	return p.BFDProfile != "" && t.bfd[p.BFDProfile].EchoMode
 }
 
 func (t peerTable) list() []Peer {
@@ -61,7 +68,7 @@ func (k sessionKey) String() string {
 }
 
 func resolvePeers(in []v1beta2.BGPPeer, secrets map[string]corev1.Secret, bfd map[string]BFDProfile, bfdLeftOut map[string]ref, ps *problems) peerTable {
-	t := peerTable{byName: map[string]*Peer{}, refs: map[*Peer]ref{}, leftOut: map[string]ref{}}
+	t := peerTable{byName: map[string]*Peer{}, refs: map[*Peer]ref{}, leftOut: map[string]ref{}, bfd: bfd}
 	bySession := map[sessionKey][]*Peer{}
 	for _, p := range byAge(in) {
 		obj := refOf(KindBGPPeer, p)

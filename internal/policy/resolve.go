@@ -76,7 +76,10 @@ type Resources struct {
 //     (see BGPAdvertisement.Peers); the Problem is Dangling too;
 //   - a BGPAdvertisement whose aggregation length is shorter than a
 //     selected pool's prefix would announce addresses outside the pool: that
-//     pool is dropped from the advertisement, the others stay.
+//     pool is dropped from the advertisement, the others stay;
+//   - a BGPAdvertisement announcing a pool with IPv6 addresses to a peer
+//     whose BFD profile uses echo mode (IPv4 only; MetalLB refuses it):
+//     that pool is dropped from the advertisement, the others stay.
 //
 // Within one object, a list naming the same pool, peer, community,
 // interface, namespace or selector twice leaves the object out, as MetalLB
