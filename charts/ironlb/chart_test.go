@@ -633,6 +633,15 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 		t.Errorf("after helm upgrade --set loadBalancerClass the controller's args are %s (%v)", args, err)
 	}
 
+	// Handing the CRDs to someone else: the chart stops rendering them,
+	// the keep policy leaves them, and they are applied by hand.
+	c.sh("helm upgrade ironlb charts/ironlb -n metallb-system --set crds.enabled=false")
+	if !c.exists("crd/ipaddresspools.metallb.io") || !c.exists("ipaddresspool/first-pool", "-n", "metallb-system") {
+		t.Error("helm upgrade --set crds.enabled=false deleted the CRDs or the pool; crds.keep should leave them")
+	}
+	c.sh("kubectl apply --server-side -f charts/ironlb/files/crds/")
+	c.sh("helm upgrade ironlb charts/ironlb -n metallb-system")
+
 	c.sh("helm uninstall ironlb -n metallb-system")
 	if c.exists("deployment/controller", "-n", "metallb-system") {
 		t.Error("helm uninstall left the controller Deployment")
