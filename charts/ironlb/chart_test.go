@@ -622,8 +622,9 @@ func (c *cluster) established() {
 // uninstall, which keeps the CRDs and the pools (crds.keep).
 func TestInstallUpgradeUninstall(t *testing.T) {
 	c := startEmptyCluster(t)
-	c.sh("helm install ironlb charts/ironlb -n metallb-system --create-namespace")
+	c.sh("kubectl create namespace metallb-system")
 	c.sh("kubectl label namespace metallb-system pod-security.kubernetes.io/enforce=privileged")
+	c.sh("helm install ironlb charts/ironlb -n metallb-system")
 	c.established()
 	c.sh("kubectl apply -f examples/01-l2-first-pool.yaml")
 
@@ -660,12 +661,9 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 // the pools, and `helm install ironlb` adopts them.
 func TestTakeOverFromHelmRelease(t *testing.T) {
 	c := startEmptyCluster(t)
-	c.env = append(c.env, "BACKUP="+filepath.Join(t.TempDir(), "backup.yaml"))
 	c.sh("helm install metallb charts/ironlb -n metallb-system --create-namespace --set crds.keep=false")
 	c.established()
 	c.sh("kubectl apply -f examples/01-l2-first-pool.yaml")
-	c.sh(`kubectl get ipaddresspools,l2advertisements,bgppeers,bgpadvertisements,communities,bfdprofiles \
-  -n metallb-system -o yaml > "$BACKUP"`)
 	c.sh(`for crd in $(kubectl get crd -o name | grep '\.metallb\.io$'); do
   kubectl annotate --overwrite "$crd" meta.helm.sh/release-name=ironlb meta.helm.sh/release-namespace=metallb-system
   kubectl label --overwrite "$crd" app.kubernetes.io/managed-by=Helm
@@ -679,12 +677,32 @@ done`)
 	if err != nil || owner != "ironlb" {
 		t.Errorf("CRD owner after helm install ironlb: %q (%v), want ironlb", owner, err)
 	}
+}
 
-	// The other way: the configuration lost, and restored from the backup
-	// (objects that no longer exist, with their old resourceVersion).
-	c.sh("kubectl delete ipaddresspool first-pool -n metallb-system")
+// TestRestoreAfterHandOver follows the other way of docs/install.md: the
+// CRDs and the configuration go with the other release, and come back from
+// the backup before ironlb's controller runs.
+func TestRestoreAfterHandOver(t *testing.T) {
+	c := startEmptyCluster(t)
+	c.env = append(c.env, "BACKUP="+filepath.Join(t.TempDir(), "backup.yaml"))
+	c.sh("helm install metallb charts/ironlb -n metallb-system --create-namespace --set crds.keep=false")
+	c.established()
+	c.sh("kubectl apply -f examples/01-l2-first-pool.yaml")
+	c.sh(`kubectl get ipaddresspools,l2advertisements,bgppeers,bgpadvertisements,communities,bfdprofiles \
+  -n metallb-system -o yaml > "$BACKUP"`)
+	c.sh("helm uninstall metallb -n metallb-system")
+	if c.exists("crd/ipaddresspools.metallb.io") {
+		t.Fatal("helm uninstall metallb left its CRDs: this test no longer loses the configuration")
+	}
+	c.sh("helm install ironlb charts/ironlb -n metallb-system --set controller.replicas=0")
+	c.established()
 	c.sh(`kubectl apply -f "$BACKUP"`)
-	if !c.exists("ipaddresspool/first-pool", "-n", "metallb-system") {
-		t.Error("kubectl apply -f backup.yaml did not restore the pool")
+	c.sh("helm upgrade ironlb charts/ironlb -n metallb-system --reuse-values --set controller.replicas=2")
+	if !c.exists("ipaddresspool/first-pool", "-n", "metallb-system") || !c.exists("l2advertisement/example", "-n", "metallb-system") {
+		t.Error("kubectl apply -f backup.yaml did not restore the pool and its advertisement")
+	}
+	replicas, err := c.cp.Kubectl("get", "deployment/controller", "-n", "metallb-system", "-o", "jsonpath={.spec.replicas}")
+	if err != nil || replicas != "2" {
+		t.Errorf("controller replicas after the upgrade: %q (%v), want 2", replicas, err)
 	}
 }
