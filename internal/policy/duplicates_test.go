@@ -40,7 +40,7 @@ func TestResolveRefusesDuplicates(t *testing.T) {
 			KindIPAddressPool, "spec.addresses[1]", `"10.9.0.0/24" overlaps spec.addresses[0]`},
 		{"pool namespaces", func(r *Resources) {
 			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) { a.Namespaces = []string{"web", "web"} }))
-		}, KindIPAddressPool, "spec.serviceAllocation.namespaces", `"web" is listed twice`},
+		}, KindIPAddressPool, "spec.serviceAllocation.namespaces[1]", `"web" is listed more than once (also spec.serviceAllocation.namespaces[0])`},
 		{"pool namespaceSelectors", func(r *Resources) {
 			r.Pools = append(r.Pools, poolWith(func(a *v1beta1.ServiceAllocation) {
 				a.NamespaceSelectors = []metav1.LabelSelector{zone("a"), zone("a")}

@@ -377,18 +377,15 @@ func poolFromCR(p *v1beta1.IPAddressPool, obj ref, namespaces []corev1.Namespace
 		return nil, false
 	}
 	pool.Priority, pool.HasPriority = sa.Priority, sa.Priority > 0
-	pool.Namespaces = slices.Clone(sa.Namespaces)
-	slices.Sort(pool.Namespaces)
-	for i, ns := range pool.Namespaces {
-		if ns == "" {
-			ps.invalid(obj, "spec.serviceAllocation.namespaces", "", fmt.Errorf("has an empty entry"))
-			return nil, false
-		}
-		if i > 0 && pool.Namespaces[i-1] == ns {
-			ps.invalid(obj, "spec.serviceAllocation.namespaces", ns, fmt.Errorf("is listed twice"))
-			return nil, false
-		}
+	if slices.Contains(sa.Namespaces, "") {
+		ps.invalid(obj, "spec.serviceAllocation.namespaces", "", fmt.Errorf("has an empty entry"))
+		return nil, false
 	}
+	if field, value, err := duplicateName("spec.serviceAllocation.namespaces", sa.Namespaces); err != nil {
+		ps.invalid(obj, field, value, err)
+		return nil, false
+	}
+	pool.Namespaces = slices.Sorted(slices.Values(sa.Namespaces))
 	var bad string
 	var err error
 	if pool.NamespaceSelectors, bad, err = parseSelectors("spec.serviceAllocation.namespaceSelectors", sa.NamespaceSelectors); err != nil {

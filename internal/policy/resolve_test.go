@@ -255,7 +255,7 @@ func TestResolve(t *testing.T) {
 			probs: []prob{
 				{Kind: KindIPAddressPool, Name: "bad-cidr", Field: "spec.addresses[0]", LeftOut: true, Err: "invalid"},
 				{Kind: KindIPAddressPool, Name: "bad-selector", Field: "spec.serviceAllocation.serviceSelectors[0]", LeftOut: true, Err: "invalid"},
-				{Kind: KindIPAddressPool, Name: "dup-ns", Field: "spec.serviceAllocation.namespaces", LeftOut: true, Err: "invalid"},
+				{Kind: KindIPAddressPool, Name: "dup-ns", Field: "spec.serviceAllocation.namespaces[1]", LeftOut: true, Err: "duplicate+invalid"},
 				{Kind: KindIPAddressPool, Name: "empty", Field: "spec.addresses", LeftOut: true, Err: "invalid"},
 				{Kind: KindIPAddressPool, Name: "mixed", Field: "spec.addresses[0]", LeftOut: true, Err: "invalid"},
 				{Kind: KindIPAddressPool, Name: "neg-priority", Field: "spec.serviceAllocation.priority", LeftOut: true, Err: "invalid"},
