@@ -34,9 +34,13 @@ envtest-assets:
 
 ## test: every test: unit, against the real API server, and (as root) the
 ## privileged namespace and lab tests. Privileged tests skip, saying so, when
-## not root.
+## not root. The lab packages (e2e/...) share the host address and measure
+## timings, so they run one package at a time after the others, with nothing
+## else running beside them.
+LAB_PKGS := ./e2e/...
 test: lint
-	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 40m ./...
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v '/e2e')
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -p 1 -count=1 -timeout 40m $(LAB_PKGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-vm; else echo "skipping the IPVS VM tests: they need root (apt-get, qemu)"; fi
 
 ## test-vm: the forwarder's IPVS tests inside Debian's kernel under qemu
