@@ -3,7 +3,10 @@
 # on a kernel that has IPVS: Debian's stock kernel, unpacked (never
 # installed) and booted under qemu with software emulation, with an
 # initramfs of busybox, the needed modules and the test binary. Exits with
-# the tests' status, read from the serial console.
+# the tests' status, read from the serial console. The run fails, whatever
+# that status, when a module does not load, when any test skips (inside the
+# VM nothing may: IRONLB_REQUIRE_IPVS=1 turns a missing IPVS into a
+# failure), or when no IPVS test passed (no benchmark ran, with BENCH).
 #
 # Environment: IRONLB_CACHE (download cache), TEST_RUN (go test -run
 # pattern), BENCH (go test -bench pattern, e.g. IPVS; benchmarks only),
@@ -127,10 +130,12 @@ mkdir -p /run/netns
 # IPv4 real servers need lo up in the initial namespace too.
 ip link set lo up
 depmod
-for m in $(echo $MODULES); do modprobe \$m || echo "ipvs-vm: modprobe \$m failed"; done
+failed=
+for m in $(echo $MODULES); do modprobe \$m || failed="\$failed \$m"; done
+[ -z "\$failed" ] || echo "IRONLB-VM-MODPROBE-FAILED\$failed"
 echo "ipvs-vm: booted in \$(cut -d' ' -f1 /proc/uptime)s"
 cd /tmp
-/forwarder.test -test.v -test.count=1 -test.timeout=$((VM_TIMEOUT - 60))s $test_args
+IRONLB_REQUIRE_IPVS=1 /forwarder.test -test.v -test.count=1 -test.timeout=$((VM_TIMEOUT - 60))s $test_args
 echo "IRONLB-VM-RESULT \$?"
 poweroff -f
 EOF
@@ -151,6 +156,26 @@ log "VM ran $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')s"
 rc=$(sed -n 's/.*IRONLB-VM-RESULT \([0-9]*\).*/\1/p' "$work/console.log" | tail -n1)
 if [ -z "$rc" ]; then
   log "no result on the console: the VM did not finish"
+  exit 1
+fi
+# A VM that could not load IPVS, or tests that skipped, prove nothing
+# whatever their status says.
+if failed=$(grep -a 'IRONLB-VM-MODPROBE-FAILED' "$work/console.log"); then
+  log "modules did not load in the VM:${failed#*IRONLB-VM-MODPROBE-FAILED}"
+  exit 1
+fi
+if skipped=$(grep -a -- '--- SKIP' "$work/console.log"); then
+  log "tests skipped inside the VM, where everything must run:"
+  echo "$skipped" >&2
+  exit 1
+fi
+if [ -n "$BENCH" ]; then
+  proof='^Benchmark[^ ]*IPVS'
+else
+  proof='--- PASS: TestIPVS'
+fi
+if ! grep -aq -e "$proof" "$work/console.log"; then
+  log "no line matching '$proof' on the console: no IPVS test ran"
   exit 1
 fi
 exit "$rc"

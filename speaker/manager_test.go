@@ -24,25 +24,40 @@ import (
 	"github.com/ironlb/ironlb/e2e/controlplane"
 )
 
-// fakeAnnouncer keeps what the speaker last asked to announce.
+// fakeAnnouncer keeps every set of announcements the speaker asked for.
 type fakeAnnouncer struct {
-	mu    sync.Mutex
-	last  []Announcement
-	syncs int
+	mu      sync.Mutex
+	history [][]Announcement
 }
 
 func (f *fakeAnnouncer) Sync(_ context.Context, as []Announcement) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.last = slices.Clone(as)
-	f.syncs++
+	f.history = append(f.history, slices.Clone(as))
 	return nil
 }
 
+// announced returns the last announcements and how many Syncs there were.
 func (f *fakeAnnouncer) announced() ([]Announcement, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.last), f.syncs
+	if len(f.history) == 0 {
+		return nil, 0
+	}
+	return slices.Clone(f.history[len(f.history)-1]), len(f.history)
+}
+
+// firstSyncWith is the number (from 1) of the first Sync that announced
+// addr, 0 if none did.
+func (f *fakeAnnouncer) firstSyncWith(addr netip.Addr) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, as := range f.history {
+		if slices.ContainsFunc(as, func(a Announcement) bool { return a.Addr == addr }) {
+			return i + 1
+		}
+	}
+	return 0
 }
 
 // fakeMembers is a memberlist view the test sets.
@@ -81,6 +96,8 @@ type speakerUnderTest struct {
 	node      string
 	announcer *fakeAnnouncer
 	members   *fakeMembers
+	// confirmed is what wantAnnounced last saw announced.
+	confirmed []Announcement
 }
 
 func startSpeaker(t *testing.T, env *controlplane.Env, node string, alive ...string) *speakerUnderTest {
@@ -129,6 +146,18 @@ func (s *speakerUnderTest) wantAnnounced(t *testing.T, want []Announcement) {
 		}
 		return cmp.Diff(want, got, cmpopts.EquateEmpty(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }))
 	})
+	s.confirmed = slices.Clone(want)
+}
+
+// wantWithdrawn waits until the speaker announces nothing. The last state
+// the test confirmed must be a non-empty one: otherwise the check passes at
+// its first poll and proves no withdrawal happened.
+func (s *speakerUnderTest) wantWithdrawn(t *testing.T) {
+	t.Helper()
+	if len(s.confirmed) == 0 {
+		t.Fatalf("%s: wantWithdrawn needs an announcement confirmed first, or it passes at once", s.node)
+	}
+	s.wantAnnounced(t, nil)
 }
 
 // l2status is what a user sees of a ServiceL2Status.
@@ -217,7 +246,8 @@ func mustCreate(t *testing.T, c client.Client, objs ...client.Object) {
 // server, each with the same memberlist view: the election winner announces
 // a Service once it has an address and a ready endpoint, reports it through
 // ServiceL2Status and an Event, withdraws when the endpoints go, and the
-// other node takes over when the winner leaves memberlist.
+// other node takes over when the winner leaves memberlist. Every withdrawal
+// is checked after the announcement was seen, so it is a real change.
 func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	env := controlplane.Start(t)
 	c := env.Client
@@ -259,26 +289,15 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 	if err := c.Status().Update(ctx, svc); err != nil {
 		t.Fatalf("set service status: %v", err)
 	}
-	// An address without a ready endpoint is not announced: nothing would
-	// answer behind it.
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-abc", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: ptr("n1"),
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)}}},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}}},
 	}
 	mustCreate(t, c, slice)
-	for _, s := range speakers {
-		s.wantAnnounced(t, nil)
-	}
-
-	slice.Endpoints[0].Conditions.Ready = ptr(true)
-	if err := c.Update(ctx, slice); err != nil {
-		t.Fatalf("make endpoint ready: %v", err)
-	}
 	want := []Announcement{{Service: "default/web", Addr: netip.MustParseAddr(addr), Interfaces: []string{"eth0"}}}
 	speakers[owner].wantAnnounced(t, want)
-	speakers[other].wantAnnounced(t, nil)
 
 	eventually(t, "ServiceL2Status of the owner", func() string {
 		return cmp.Diff([]l2status{wantStatus(owner, "eth0")}, statuses(t, c))
@@ -291,9 +310,31 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 		return cmp.Diff([]string{`announcing from node "` + owner + `" with protocol "layer2"`}, notes)
 	})
 
+	// An address without a ready endpoint is not announced: nothing would
+	// answer behind it. The owner was seen announcing it above, so this
+	// waits for a real withdrawal.
+	setReady := func(ready bool) {
+		t.Helper()
+		slice.Endpoints[0].Conditions.Ready = ptr(ready)
+		if err := c.Update(ctx, slice); err != nil {
+			t.Fatalf("set endpoint ready=%v: %v", ready, err)
+		}
+	}
+	setReady(false)
+	speakers[owner].wantWithdrawn(t)
+	setReady(true)
+	speakers[owner].wantAnnounced(t, want)
+
 	// The owner's speaker dies: the other one takes over and reports it.
+	// Until then the other, with both nodes alive, must never have
+	// announced the address: its first Sync with it comes after the change.
+	syncsBeforeTakeover := func() int { _, n := speakers[other].announcer.announced(); return n }()
 	speakers[other].members.set(other)
 	speakers[other].wantAnnounced(t, want)
+	if first := speakers[other].announcer.firstSyncWith(netip.MustParseAddr(addr)); first <= syncsBeforeTakeover {
+		t.Errorf("%s announced %s in Sync %d, while %s was alive and the owner (takeover came after Sync %d)",
+			other, addr, first, owner, syncsBeforeTakeover)
+	}
 	eventually(t, "ServiceL2Status after takeover", func() string {
 		got := statuses(t, c)
 		if !slices.ContainsFunc(got, func(s l2status) bool { return cmp.Equal(s, wantStatus(other, "eth0")) }) {
@@ -301,18 +342,14 @@ func TestSpeakerAnnouncesAndWithdraws(t *testing.T) {
 		}
 		return ""
 	})
+	// The owner is back: the other withdraws.
 	speakers[other].members.set("n1", "n2")
-	speakers[other].wantAnnounced(t, nil)
+	speakers[other].wantWithdrawn(t)
 	speakers[owner].wantAnnounced(t, want)
 
 	// The endpoints go: the address is withdrawn and its status removed.
-	slice.Endpoints[0].Conditions.Ready = ptr(false)
-	if err := c.Update(ctx, slice); err != nil {
-		t.Fatalf("make endpoint not ready: %v", err)
-	}
-	for _, s := range speakers {
-		s.wantAnnounced(t, nil)
-	}
+	setReady(false)
+	speakers[owner].wantWithdrawn(t)
 	eventually(t, "ServiceL2Status removed", func() string {
 		return cmp.Diff([]l2status(nil), statuses(t, c), cmpopts.EquateEmpty())
 	})

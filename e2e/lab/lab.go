@@ -64,6 +64,9 @@ type Config struct {
 	// Waiting, if set, is called once when another lab holds the host
 	// address and New has to wait for it.
 	Waiting func()
+	// HostLock, if set, is the host lock the caller already holds (see
+	// LockHost): New does not take it again and Close does not release it.
+	HostLock *HostLock
 }
 
 // Node is a cluster node and the pod it runs.
@@ -167,9 +170,11 @@ func New(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err := SweepStale(); err != nil {
 		return nil, fmt.Errorf("new lab: %w", err)
 	}
-	lock, err := acquireHostLock(ctx, cfg.Waiting)
-	if err != nil {
-		return nil, fmt.Errorf("new lab: %w", err)
+	var lock *os.File
+	if cfg.HostLock == nil {
+		if lock, err = acquireHostLock(ctx, cfg.Waiting); err != nil {
+			return nil, fmt.Errorf("new lab: %w", err)
+		}
 	}
 	l := &Lab{Prefix: cfg.Prefix, cfg: cfg, lock: lock, logNames: map[string]bool{}}
 	defer func() {

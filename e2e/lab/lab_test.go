@@ -186,14 +186,28 @@ func TestNoWayOutOfTheLab(t *testing.T) {
 
 func TestRootRoutesUnchanged(t *testing.T) {
 	lab.RequireRoot(t)
+	// All three snapshots under the host lock: another package's lab
+	// coming or going in between would change the root routes too.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	hostLock, err := lab.LockHost(ctx, func() { t.Log("waiting for another lab to release the host address") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLock.Release()
+	// New sweeps what dead runs left; do it first so it does not count.
+	if err := lab.SweepStale(); err != nil {
+		t.Fatal(err)
+	}
 	before := routes(t)
-	l, err := lab.New(context.Background(), lab.Config{})
+	l, err := lab.New(ctx, lab.Config{HostLock: hostLock})
 	if err != nil {
 		t.Fatal(err)
 	}
 	during := routes(t)
 	closeErr := l.Close()
 	after := routes(t)
+	hostLock.Release()
 	if closeErr != nil {
 		t.Fatalf("Close: %v", closeErr)
 	}

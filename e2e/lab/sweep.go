@@ -190,6 +190,30 @@ func anyAlive(pids []int) bool {
 // is an flock, so the kernel releases it when its holder dies.
 const lockPath = "/run/ironlb-lab.lock"
 
+// HostLock is the host lock held outside a lab: a test that compares the
+// root namespace before, during and after its lab takes it first, so no
+// other lab comes or goes between its snapshots, and passes it in
+// Config.HostLock.
+type HostLock struct{ f *os.File }
+
+// LockHost waits (bounded by ctx) until no lab of this machine is up and
+// takes the host lock; waiting, if set, is called once if it has to wait.
+func LockHost(ctx context.Context, waiting func()) (*HostLock, error) {
+	f, err := acquireHostLock(ctx, waiting)
+	if err != nil {
+		return nil, err
+	}
+	return &HostLock{f: f}, nil
+}
+
+// Release lets other labs take the host address; it is safe to call twice.
+func (h *HostLock) Release() {
+	if h.f != nil {
+		h.f.Close()
+		h.f = nil
+	}
+}
+
 func acquireHostLock(ctx context.Context, waiting func()) (*os.File, error) {
 	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {

@@ -532,7 +532,7 @@ func (n *NFTables) addSkeleton() {
 	}})
 }
 
-func (n *NFTables) backendElements(vs VirtualService) ([]nftables.SetElement, uint32) {
+func backendElements(vs VirtualService) ([]nftables.SetElement, uint32) {
 	slots, reachable := layout(vs)
 	elems := make([]nftables.SetElement, len(slots))
 	for i, s := range slots {
@@ -555,14 +555,14 @@ func (n *NFTables) writeService(vs VirtualService, old *VirtualService) (int, er
 	if old != nil {
 		// A map element's comment cannot be updated in place: remove the
 		// old slots and add the new ones in the same transaction.
-		if elems, _ := n.backendElements(*old); len(elems) > 0 {
+		if elems, _ := backendElements(*old); len(elems) > 0 {
 			if err := n.conn.SetDeleteElements(n.backendsMap(vs.Key), elems); err != nil {
 				return 0, fmt.Errorf("queue removal of backends of %s: %w", vs.Key, err)
 			}
 			msgs++
 		}
 	}
-	elems, reachable := n.backendElements(vs)
+	elems, reachable := backendElements(vs)
 	if len(elems) > 0 {
 		if err := n.conn.SetAddElements(n.backendsMap(vs.Key), elems); err != nil {
 			return 0, fmt.Errorf("queue backends of %s: %w", vs.Key, err)
@@ -644,7 +644,7 @@ func (n *NFTables) deleteService(vs VirtualService) (int, error) {
 	if err := n.conn.SetDeleteElements(n.servicesMap(vs.Addr), key); err != nil {
 		return 0, fmt.Errorf("queue removal of %s: %w", vs.Key, err)
 	}
-	if elems, _ := n.backendElements(vs); len(elems) > 0 {
+	if elems, _ := backendElements(vs); len(elems) > 0 {
 		if err := n.conn.SetDeleteElements(n.backendsMap(vs.Key), elems); err != nil {
 			return 0, fmt.Errorf("queue removal of backends of %s: %w", vs.Key, err)
 		}

@@ -165,16 +165,38 @@ func comment(vs VirtualService, reachable uint32) []byte {
 	return userdata.AppendString(nil, userdata.TypeComment, s)
 }
 
+// parseComment accepts only what comment writes, to the byte: Sscanf alone
+// would take signs, leading zeros and trailing text.
 func parseComment(ud []byte) (scheduler string, affinity time.Duration, reachable uint32, ok bool) {
-	s, ok := userdata.GetString(ud, userdata.TypeComment)
+	s, ok := commentOf(ud)
 	if !ok {
 		return "", 0, 0, false
 	}
+	const format = commentHead + " scheduler=%s affinity=%d slots=%d"
 	var secs int
-	if _, err := fmt.Sscanf(s, commentHead+" scheduler=%s affinity=%d slots=%d", &scheduler, &secs, &reachable); err != nil || !schedulers[scheduler] {
+	if _, err := fmt.Sscanf(s, format, &scheduler, &secs, &reachable); err != nil || !schedulers[scheduler] ||
+		fmt.Sprintf(format, scheduler, secs, reachable) != s {
 		return "", 0, 0, false
 	}
 	return scheduler, time.Duration(secs) * time.Second, reachable, true
+}
+
+// commentOf returns the comment in a rule's user data (type-length-value
+// entries). The library's userdata.Get slices before it checks a length,
+// so a rule with malformed user data, which any program may add to our
+// table, would panic the speaker.
+func commentOf(ud []byte) (string, bool) {
+	for len(ud) >= 2 {
+		typ, n := userdata.Type(ud[0]), int(ud[1])
+		if len(ud) < 2+n {
+			return "", false
+		}
+		if typ == userdata.TypeComment {
+			return strings.TrimSuffix(string(ud[2:2+n]), "\x00"), true
+		}
+		ud = ud[2+n:]
+	}
+	return "", false
 }
 
 func backendKey(k Key, index uint32) []byte {

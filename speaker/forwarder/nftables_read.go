@@ -269,6 +269,10 @@ func parseServiceKey(b []byte) (Key, bool) {
 	default:
 		return Key{}, false
 	}
+	// Only what serviceKey writes: the register padding is zero.
+	if !zero(b[alen+1:alen+4]) || !zero(b[alen+6:]) {
+		return Key{}, false
+	}
 	addr, _ := netip.AddrFromSlice(b[:alen])
 	k := Key{Addr: addr, Port: binary.BigEndian.Uint16(b[alen+4:])}
 	switch b[alen] {
@@ -287,16 +291,27 @@ func parseBackend(e nftables.SetElement, is4 bool) (Backend, bool) {
 	if is4 {
 		alen = 4
 	}
-	if len(e.Val) != alen+4 {
+	// Only what backendElements writes: zero padding, and the weight as
+	// strconv.Itoa spells it (Atoi alone takes signs and leading zeros).
+	if len(e.Val) != alen+4 || !zero(e.Val[alen+2:]) {
 		return Backend{}, false
 	}
 	w, ok := strings.CutPrefix(e.Comment, "w=")
 	weight, err := strconv.Atoi(w)
-	if !ok || err != nil {
+	if !ok || err != nil || weight < 0 || weight > maxWeight || strconv.Itoa(weight) != w {
 		return Backend{}, false
 	}
 	addr, _ := netip.AddrFromSlice(e.Val[:alen])
 	return Backend{Addr: addr, Port: binary.BigEndian.Uint16(e.Val[alen:]), Weight: weight}, true
+}
+
+func zero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // gotoChain extracts the chain of a "goto" verdict from a verdict map

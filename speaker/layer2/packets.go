@@ -44,8 +44,9 @@ func arpReply(frame []byte, hw net.HardwareAddr, owns func(netip.Addr) bool) ([]
 		return nil, netip.Addr{}, errNotForUs
 	}
 	// Our own announcements, should the socket ever see them, are not
-	// questions.
-	if req.Operation != arp.OperationRequest || bytes.Equal(req.SenderHardwareAddr, hw) {
+	// questions; nor is a request whose hardware addresses are not of our
+	// link's kind: no reply to it could be built.
+	if req.Operation != arp.OperationRequest || len(req.SenderHardwareAddr) != len(hw) || bytes.Equal(req.SenderHardwareAddr, hw) {
 		return nil, netip.Addr{}, errNotForUs
 	}
 	target := req.TargetIP.Unmap()

@@ -335,11 +335,63 @@ func TestUnsolicitedNA(t *testing.T) {
 	}
 }
 
+// FuzzParseSolicitation feeds arbitrary frames to both responders. The
+// seeds are real requests that reach the reply paths (NS multicast and
+// unicast, DAD, ARP request and probe) and near misses. Whatever the
+// frame: no panic, anything not answered is errNotForUs (never logged as a
+// failure), and an answer is a well-formed reply for the owned address it
+// names, from our MAC, that the responders would not answer in turn.
 func FuzzParseSolicitation(f *testing.F) {
-	f.Add([]byte{})
+	snm := solicitedNode(f, vip6)
+	for _, seed := range [][]byte{
+		nsFrame(f, client6, snm, vip6, true, nil),
+		nsFrame(f, client6, vip6, vip6, false, nil),
+		nsFrame(f, netip.IPv6Unspecified(), snm, vip6, false, nil),
+		nsFrame(f, client6, solicitedNode(f, other6), other6, true, nil),
+		nsFrame(f, client6, snm, vip6, true, func(ip []byte) { ip[7] = 64 }),
+		arpFrame(f, arp.OperationRequest, clientMAC, clientIP, vip4),
+		arpFrame(f, arp.OperationRequest, clientMAC, netip.IPv4Unspecified(), vip4),
+		arpFrame(f, arp.OperationRequest, clientMAC, clientIP, other4),
+		arpFrame(f, arp.OperationReply, clientMAC, clientIP, vip4),
+		{},
+	} {
+		f.Add(seed)
+	}
+	owns := ownsOnly(vip4, vip6)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = parseSolicitation(b)
-		_, _, _ = arpReply(b, ourMAC, ownsOnly(vip4))
+		s, parseErr := parseSolicitation(b)
+		out, addr, err := ndpReply(b, ourMAC, ourLL, owns)
+		switch {
+		case err != nil:
+			if !errors.Is(err, errNotForUs) {
+				t.Fatalf("ndpReply(% x) = %v, want errNotForUs", b, err)
+			}
+		case parseErr != nil || s.target != addr || !owns(addr):
+			t.Fatalf("ndpReply answered for %v (owned: %v), parseSolicitation target = %v, error %v", addr, owns(addr), s.target, parseErr)
+		default:
+			na := decodeNA(t, out)
+			if na.Target != addr || na.TargetLL != ourMAC.String() || na.EthSrc != ourMAC.String() || !na.ChecksumOK || na.HopLimit != ndpHopLimit {
+				t.Fatalf("ndpReply for %v = %+v, want a valid advertisement of it from %v", addr, na, ourMAC)
+			}
+			if _, err := parseSolicitation(out); err == nil {
+				t.Fatalf("ndpReply's own answer parses as a solicitation: % x", out)
+			}
+		}
+
+		out, addr, err = arpReply(b, ourMAC, owns)
+		if err != nil {
+			if !errors.Is(err, errNotForUs) {
+				t.Fatalf("arpReply(% x) = %v, want errNotForUs", b, err)
+			}
+			return
+		}
+		rep := decodeARP(t, out)
+		if !owns(addr) || rep.Op != arp.OperationReply || rep.SenderIP != addr || rep.SenderHW != ourMAC.String() || rep.EthSrc != ourMAC.String() {
+			t.Fatalf("arpReply for %v = %+v, want a reply from %v for it", addr, rep, ourMAC)
+		}
+		if _, _, err := arpReply(out, ourMAC, owns); !errors.Is(err, errNotForUs) {
+			t.Fatalf("arpReply answers its own reply: %v", err)
+		}
 	})
 }
 

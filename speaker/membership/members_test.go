@@ -52,6 +52,12 @@ var loopbackBase = [3]byte{127, byte(rand.IntN(200) + 20), byte(rand.IntN(250) +
 
 func startMember(t testing.TB, name string, host byte, secret string, peers ...netip.AddrPort) *member {
 	t.Helper()
+	return startMemberConfig(t, memberConfig(name, host, secret, peers...))
+}
+
+// memberConfig is the configuration startMember uses: the package defaults
+// on a loopback address of this test binary's block.
+func memberConfig(name string, host byte, secret string, peers ...netip.AddrPort) Config {
 	cfg := Config{
 		NodeName:  name,
 		BindAddr:  netip.AddrFrom4([4]byte{loopbackBase[0], loopbackBase[1], loopbackBase[2], host}),
@@ -60,6 +66,14 @@ func startMember(t testing.TB, name string, host byte, secret string, peers ...n
 	for _, p := range peers {
 		cfg.Peers = append(cfg.Peers, p.String())
 	}
+	return cfg
+}
+
+// startMemberConfig starts a member with cfg and waits until it sees
+// itself alive; the member is stopped when the test ends.
+func startMemberConfig(t testing.TB, cfg Config) *member {
+	t.Helper()
+	name := cfg.NodeName
 	m, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New(%v) = %v", cfg, err)
@@ -153,17 +167,27 @@ func TestJoinBeforeStart(t *testing.T) {
 }
 
 func TestCleanLeaveSeenPromptly(t *testing.T) {
-	a := startMember(t, "node-a", 6, "k")
-	b := startMember(t, "node-b", 7, "k", a.addr(t))
-	c := startMember(t, "node-c", 8, "k", a.addr(t))
+	// Failure detection slowed down so far that only the leave message can
+	// remove node-c within the deadline: a suspect is declared dead after
+	// SuspicionMult x ProbeInterval = 2 min, and suspects still count as
+	// alive. With the defaults a crash is seen in well under a second, so
+	// the test could not tell a leave from a crash.
+	slow := func(name string, host byte, peers ...netip.AddrPort) Config {
+		cfg := memberConfig(name, host, "k", peers...)
+		cfg.ProbeInterval = time.Minute
+		cfg.SuspicionMult = 2
+		return cfg
+	}
+	const leaveDeadline = 5 * time.Second
+	a := startMemberConfig(t, slow("node-a", 6))
+	b := startMemberConfig(t, slow("node-b", 7, a.addr(t)))
+	c := startMemberConfig(t, slow("node-c", 8, a.addr(t)))
 	waitAlive(t, 10*time.Second, []string{"node-a", "node-b", "node-c"}, a, b, c)
 	drain(a.Changes())
 
 	start := time.Now()
 	c.stop(t, false)
-	// A leave message needs no failure detection: allow far less than the
-	// time a crash takes to be declared dead under the same load.
-	waitAlive(t, 5*time.Second, []string{"node-a", "node-b"}, a, b)
+	waitAlive(t, leaveDeadline, []string{"node-a", "node-b"}, a, b)
 	t.Logf("clean leave seen by both survivors after %v", time.Since(start))
 	select {
 	case <-a.Changes():
