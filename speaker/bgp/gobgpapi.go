@@ -34,6 +34,16 @@ const (
 
 var markerRegexp = fmt.Sprintf("^%d:%d:[0-9]+$", markerGlobal, markerLocal)
 
+// MaxReceivedPrefixes bounds the prefixes a router may send per address
+// family. ironlb imports no routes, but the server keeps what it receives
+// (its Adj-RIB-In) before the import policy rejects it, so without a bound a
+// router, or whatever feeds it, could fill the node's memory. A router
+// sending more is told so (CEASE, maximum number of prefixes reached) and
+// its session stays down until the peer is configured again or the speaker
+// restarts; PeerState.LastError says why. The bound leaves room for a
+// router that reflects every node's service addresses back to it.
+const MaxReceivedPrefixes = 10000
+
 // router is the running gobgp server.
 type router struct {
 	srv *server.BgpServer
@@ -45,6 +55,11 @@ type sessionState struct {
 	state       string
 	advertised  int
 	updatesSent uint64
+	// prefixLimited: the session was shut down because the router sent
+	// more than MaxReceivedPrefixes.
+	prefixLimited bool
+	// bfdState is the BFD session's state; empty when there is none.
+	bfdState string
 }
 
 func startRouter(cfg Config, log logr.Logger, noteDown func(netip.Addr, string)) (*router, error) {
@@ -158,13 +173,19 @@ func toAPIPeer(p PeerConfig) *api.Peer {
 		peerASN = p.MyASN
 	}
 	// An ASN of 0 lets the server accept whatever the router announces.
-	families := []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family(p.Address), Enabled: true}}}
+	afiSafi := func(a netip.Addr) *api.AfiSafi {
+		return &api.AfiSafi{
+			Config:       &api.AfiSafiConfig{Family: family(a), Enabled: true},
+			PrefixLimits: &api.PrefixLimit{Family: family(a), MaxPrefixes: MaxReceivedPrefixes},
+		}
+	}
+	families := []*api.AfiSafi{afiSafi(p.Address)}
 	if p.DualStack {
 		other := netip.IPv6Unspecified()
 		if p.Address.Is6() {
 			other = netip.IPv4Unspecified()
 		}
-		families = append(families, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: family(other), Enabled: true}})
+		families = append(families, afiSafi(other))
 	}
 	port := uint32(p.Port)
 	if port == 0 {
@@ -191,6 +212,14 @@ func toAPIPeer(p PeerConfig) *api.Peer {
 	}
 	if p.EBGPMultiHop {
 		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+	}
+	if p.BFD.Enabled {
+		ap.Bfd = &api.BfdPeerConfig{
+			Enabled:                  true,
+			DesiredMinimumTxInterval: uint32(p.BFD.TransmitInterval / time.Microsecond),
+			RequiredMinimumReceive:   uint32(p.BFD.ReceiveInterval / time.Microsecond),
+			DetectionMultiplier:      uint32(p.BFD.DetectMultiplier),
+		}
 	}
 	return ap
 }
@@ -297,6 +326,12 @@ func (r *router) sessions(ctx context.Context) (map[netip.Addr]sessionState, err
 		st := sessionState{
 			up:    p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED,
 			state: sessionStateName(p.State.SessionState),
+			// The server marks a session it shut down for the prefix
+			// limit with this admin state.
+			prefixLimited: p.State.AdminState == api.PeerState_ADMIN_STATE_PFX_CT,
+		}
+		if b := p.State.BfdState; b != nil {
+			st.bfdState = bfdStateName(b.SessionState)
 		}
 		if m := p.State.Messages; m != nil && m.Sent != nil {
 			st.updatesSent = m.Sent.Update
@@ -327,4 +362,18 @@ func sessionStateName(s api.PeerState_SessionState) string {
 		return "established"
 	}
 	return "unknown"
+}
+
+func bfdStateName(s api.BfdSessionState) string {
+	switch s {
+	case api.BfdSessionState_BFD_SESSION_STATE_UP:
+		return "up"
+	case api.BfdSessionState_BFD_SESSION_STATE_DOWN:
+		return "down"
+	case api.BfdSessionState_BFD_SESSION_STATE_INIT:
+		return "init"
+	case api.BfdSessionState_BFD_SESSION_STATE_ADMIN_DOWN:
+		return "admindown"
+	}
+	return ""
 }
