@@ -19,9 +19,9 @@ const Daemons = "/usr/lib/frr"
 const startLimit = time.Minute
 
 // Installed returns nil when FRR's daemons and vtysh are present, else why
-// not, for a test to skip with.
+// not.
 func Installed() error {
-	for _, bin := range []string{"zebra", "bgpd"} {
+	for _, bin := range []string{"zebra", "bgpd", "bfdd"} {
 		if _, err := os.Stat(filepath.Join(Daemons, bin)); err != nil {
 			return fmt.Errorf("FRR not installed (%v): apt-get install -y frr", err)
 		}
@@ -30,6 +30,21 @@ func Installed() error {
 		return fmt.Errorf("FRR's vtysh not installed: %v", err)
 	}
 	return nil
+}
+
+// Require ends a test that needs FRR when it is not installed: a failure
+// under CI (CI=true), where .ci/run installs it, and a skip naming the
+// install step on a developer's machine.
+func Require(t testing.TB) {
+	t.Helper()
+	err := Installed()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%v (CI=true: FRR must be installed)", err)
+	}
+	t.Skipf("%v; under CI=true this fails instead", err)
 }
 
 // Router is zebra and bgpd, and bfdd when configured, running in one

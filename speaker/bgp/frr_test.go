@@ -131,9 +131,7 @@ func requireLab(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	if err := frr.Installed(); err != nil {
-		t.Skip(err)
-	}
+	frr.Require(t)
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("iproute2 not installed")
 	}
