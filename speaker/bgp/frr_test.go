@@ -154,6 +154,11 @@ func newLab(t testing.TB) *lab { return newLabBFD(t, false) }
 func newLabBFD(t testing.TB, bfd bool) *lab {
 	t.Helper()
 	l := &lab{t: t, suffix: strconv.Itoa(os.Getpid() % 100000), bfd: bfd}
+	if bfd {
+		// Apart from a lab without BFD in the same process, whose
+		// namespaces the kernel may still be removing.
+		l.suffix += "b"
+	}
 	l.router = "ilb-r-" + l.suffix
 	run(t, "ip", "netns", "add", l.router)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.router).Run() })
@@ -435,4 +440,97 @@ func BenchmarkFRRAnnounce(b *testing.B) {
 	}
 	report("announce", announce)
 	report("withdraw", withdraw)
+}
+
+// TestFRRFailoverBench is the failover benchmark (make bench-bgp-failover):
+// a node advertising an address fails one of three ways, with and without
+// BFD (100 ms x 3 at both ends in this lab), and the time until the
+// router's kernel table no longer has the node as next hop is measured. It
+// prints one line per fault and BFD setting:
+//
+//	bgp-failover fault=kill|linkcut|stop bfd=on|off n=N p50_ms=... p99_ms=...
+//
+// Without BFD a cut link is found by the hold timer only (90 s), so that
+// case runs IRONLB_BGP_FAILOVER_SLOW_TRIALS times (default 1).
+func TestFRRFailoverBench(t *testing.T) {
+	trials, _ := strconv.Atoi(os.Getenv("IRONLB_BGP_FAILOVER_TRIALS"))
+	if trials <= 0 {
+		t.Skip("a benchmark: set IRONLB_BGP_FAILOVER_TRIALS (make bench-bgp-failover)")
+	}
+	slow, _ := strconv.Atoi(os.Getenv("IRONLB_BGP_FAILOVER_SLOW_TRIALS"))
+	slow = max(slow, 1)
+	requireLab(t)
+	for _, bfd := range []bool{true, false} {
+		onOff := map[bool]string{true: "on", false: "off"}[bfd]
+		t.Run("bfd="+onOff, func(t *testing.T) { failoverTrials(t, bfd, onOff, trials, slow) })
+	}
+}
+
+func failoverTrials(t *testing.T, bfd bool, onOff string, trials, slow int) {
+	vip := netip.MustParsePrefix("172.25.254.50/32")
+	l := newLabBFD(t, bfd)
+	for _, fault := range []string{"kill", "linkcut", "stop"} {
+		n := trials
+		if fault == "linkcut" && !bfd {
+			n = slow
+		}
+		var took []time.Duration
+		for range n {
+			node := l.addNode(1)
+			node.advertise(t, vip)
+			l.wantKernelRoute(t, vip, true)
+			if bfd {
+				eventually(t, frrTimeout, "BFD up", func() string {
+					if peers, err := l.frr.BFDPeers(); err != nil || peers["172.25.254.11"] != "up" {
+						return fmt.Sprintf("FRR's BFD peers %v %v", peers, err)
+					}
+					return ""
+				})
+			}
+			start := time.Now()
+			switch fault {
+			case "kill":
+				_ = node.cmd.Process.Kill()
+			case "linkcut":
+				run(t, "ip", "netns", "exec", l.router, "ip", "link", "set", node.link, "down")
+			case "stop":
+				node.stdin.Close()
+			}
+			l.wantKernelRoute(t, vip, false)
+			took = append(took, time.Since(start))
+			l.removeNode(t, node, 1)
+		}
+		slices.Sort(took)
+		fmt.Printf("bgp-failover fault=%s bfd=%s n=%d p50_ms=%.0f p99_ms=%.0f\n", fault, onOff, len(took),
+			float64(took[len(took)/2].Microseconds())/1000, float64(took[(len(took)*99)/100].Microseconds())/1000)
+	}
+}
+
+// wantKernelRoute polls the router's kernel table until the route to pfx is
+// there (present) or gone; the poll interval is the measurement's grain.
+func (l *lab) wantKernelRoute(t *testing.T, pfx netip.Prefix, present bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute) // beyond the 90 s hold time
+	for {
+		out := run(t, "ip", "-n", l.router, "route", "show", pfx.String())
+		if (strings.TrimSpace(out) != "") == present {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel route %v present=%v not reached: %q", pfx, present, out)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+}
+
+// removeNode ends the node's speaker and deletes its namespace, so the
+// next trial can create it again.
+func (l *lab) removeNode(t *testing.T, n *node, idx int) {
+	t.Helper()
+	_ = n.cmd.Process.Kill()
+	err := <-n.done
+	n.done <- err // for the cleanup registered by addNode
+	// The cable first: deleting the namespace removes it only later.
+	run(t, "ip", "-n", l.router, "link", "del", n.link)
+	run(t, "ip", "netns", "del", fmt.Sprintf("ilb-n%d-%s", idx, l.suffix))
 }
