@@ -20,7 +20,8 @@ import (
 )
 
 // startFRR configures and starts FRR on the lab router with every node as
-// an eBGP neighbour and ECMP over them. Skips when FRR is not installed.
+// an eBGP neighbour and ECMP over them. Without FRR it fails under CI and
+// skips elsewhere (frr.Require).
 func startFRR(t *testing.T, l *lab.Lab) *frrstate.Router {
 	t.Helper()
 	return startFRRWith(t, l, frrOptions{})
@@ -42,9 +43,7 @@ type frrOptions struct {
 // family, every connect retry after a second.
 func startFRRWith(t *testing.T, l *lab.Lab, o frrOptions) *frrstate.Router {
 	t.Helper()
-	if err := frrstate.Installed(); err != nil {
-		t.Skip(err)
-	}
+	frrstate.Require(t)
 	cfg := frrstate.LabConfig(l, cmp.Or(o.asn, manifests.RouterASN), manifests.NodeASN, o.ipv6)
 	cfg.Passwords = o.passwords
 	return frrstate.StartLab(t, l, cfg)

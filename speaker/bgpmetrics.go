@@ -22,6 +22,10 @@ var (
 		"BGP UPDATE messages sent to the peer; restarts when the peer's configuration changes.", []string{"peer"}, nil)
 	bgpLastErrorDesc = prometheus.NewDesc("ironlb_bgp_session_last_error_info",
 		"The last reason the session with the peer failed or could not be configured, as a series set to 1; absent when none.", []string{"peer", "error"}, nil)
+	bgpBFDDesc = prometheus.NewDesc("ironlb_bgp_bfd_session_up",
+		"1 when the BFD session with the peer is up, else 0; absent for peers without BFD.", []string{"peer"}, nil)
+	bgpBFDStateDesc = prometheus.NewDesc("ironlb_bgp_bfd_session_state_info",
+		"The BFD session's state (up, down, init, admindown) with the peer, as a series set to 1; absent for peers without BFD.", []string{"peer", "state"}, nil)
 )
 
 // bgpScrapeTimeout bounds how long a scrape waits for the speaker, which
@@ -32,7 +36,7 @@ const bgpScrapeTimeout = 5 * time.Second
 type bgpCollector struct{ mode *bgpMode }
 
 func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{bgpSessionUpDesc, bgpPrefixesDesc, bgpUpdatesDesc, bgpLastErrorDesc} {
+	for _, d := range []*prometheus.Desc{bgpSessionUpDesc, bgpPrefixesDesc, bgpUpdatesDesc, bgpLastErrorDesc, bgpBFDDesc, bgpBFDStateDesc} {
 		ch <- d
 	}
 }
@@ -55,6 +59,14 @@ func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(bgpUpdatesDesc, prometheus.CounterValue, float64(st.UpdatesSent), st.Name)
 		if st.LastError != "" {
 			ch <- prometheus.MustNewConstMetric(bgpLastErrorDesc, prometheus.GaugeValue, 1, st.Name, st.LastError)
+		}
+		if st.BFDState != "" {
+			bfdUp := 0.0
+			if st.BFDState == "up" {
+				bfdUp = 1
+			}
+			ch <- prometheus.MustNewConstMetric(bgpBFDDesc, prometheus.GaugeValue, bfdUp, st.Name)
+			ch <- prometheus.MustNewConstMetric(bgpBFDStateDesc, prometheus.GaugeValue, 1, st.Name, st.BFDState)
 		}
 	}
 }

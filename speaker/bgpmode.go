@@ -1,6 +1,7 @@
 package speaker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,10 @@ const ReasonBGPPeerProblem = "BGPPeerProblem"
 // this node stays down, with the last reason (a refused or unanswered
 // connection, a NOTIFICATION from the router).
 const ReasonBGPSessionDown = "BGPSessionDown"
+
+// ReasonBFDSessionChanged is the Event on a BGPPeer whose BFD session from
+// this node changed state: Normal when it comes up, Warning otherwise.
+const ReasonBFDSessionChanged = "BFDSessionChanged"
 
 // sessionCheckInterval is how often the sessions are looked at for
 // BGPSessionDown. A session must be down at two checks in a row to be told,
@@ -80,6 +85,8 @@ type bgpMode struct {
 	// those told as BGPSessionDown with the reason told.
 	seenDown map[string]bool
 	toldDown map[string]string
+	// bfdTold is the BFD state last told (or first seen) per peer.
+	bfdTold map[string]string
 }
 
 func newBGPMode(node string, c client.Reader, recorder events.EventRecorder, log logr.Logger) *bgpMode {
@@ -124,7 +131,16 @@ func (b *bgpMode) tellSessions(ctx context.Context) {
 		}
 	}
 	seen, told := map[string]bool{}, map[string]string{}
+	bfdTold := map[string]string{}
 	for _, st := range states {
+		if st.BFDState != "" {
+			bfdTold[st.Name] = st.BFDState
+			prev, known := b.bfdTold[st.Name]
+			// A BFD session that starts down is merely coming up.
+			if st.BFDState != prev && (known || st.BFDState == "up") {
+				b.tellBFD(ctx, namespaces[st.Name], st, prev)
+			}
+		}
 		// Peers left unconfigured are BGPPeerProblem's business.
 		if st.Up || st.LastError == "" || !st.Address.IsValid() {
 			continue
@@ -137,17 +153,42 @@ func (b *bgpMode) tellSessions(ctx context.Context) {
 		if b.toldDown[st.Name] == st.LastError {
 			continue
 		}
-		var peer v1beta2.BGPPeer
-		if err := b.client.Get(ctx, client.ObjectKey{Namespace: namespaces[st.Name], Name: st.Name}, &peer); err != nil {
-			b.log.Error(err, "read bgp peer for an event", "peer", st.Name)
+		peer, ok := b.eventPeer(ctx, namespaces[st.Name], st.Name)
+		if !ok {
 			delete(told, st.Name) // tell it next time
 			continue
 		}
 		b.log.Info("bgp session down", "peer", st.Name, "state", st.State, "reason", st.LastError)
-		b.recorder.Eventf(&peer, nil, corev1.EventTypeWarning, ReasonBGPSessionDown, "Connect",
+		b.recorder.Eventf(peer, nil, corev1.EventTypeWarning, ReasonBGPSessionDown, "Connect",
 			"node %q: session with %v is down (%s): %s", b.node, st.Address, st.State, st.LastError)
 	}
-	b.seenDown, b.toldDown = seen, told
+	b.seenDown, b.toldDown, b.bfdTold = seen, told, bfdTold
+}
+
+// tellBFD sends BFDSessionChanged for a peer whose BFD state changed from
+// prev ("" when first seen).
+func (b *bgpMode) tellBFD(ctx context.Context, namespace string, st bgp.PeerState, prev string) {
+	peer, ok := b.eventPeer(ctx, namespace, st.Name)
+	if !ok {
+		return
+	}
+	kind := corev1.EventTypeWarning
+	if st.BFDState == "up" {
+		kind = corev1.EventTypeNormal
+	}
+	b.log.Info("bfd session changed", "peer", st.Name, "from", prev, "to", st.BFDState)
+	b.recorder.Eventf(peer, nil, kind, ReasonBFDSessionChanged, "Detect",
+		"node %q: BFD session with %v is %s (was %s)", b.node, st.Address, st.BFDState, cmp.Or(prev, "not started"))
+}
+
+// eventPeer reads the BGPPeer an Event is about.
+func (b *bgpMode) eventPeer(ctx context.Context, namespace, name string) (*v1beta2.BGPPeer, bool) {
+	var peer v1beta2.BGPPeer
+	if err := b.client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &peer); err != nil {
+		b.log.Error(err, "read bgp peer for an event", "peer", name)
+		return nil, false
+	}
+	return &peer, true
 }
 
 // NeedLeaderElection puts the BGP mode in the manager's first stop group,

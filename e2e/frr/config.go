@@ -22,6 +22,37 @@ type Config struct {
 	// IPv4OnAll activates IPv4 unicast on the IPv6 sessions too, as FRR
 	// does by default.
 	IPv4OnAll bool
+	// BFD turns on single-hop BFD (bfdd) for every session; nil leaves it
+	// off.
+	BFD *BFD
+}
+
+// BFD is the router's BFD profile, in milliseconds.
+type BFD struct {
+	ReceiveMs, TransmitMs, Multiplier uint32
+}
+
+// bfdProfile is the profile's name in bfdd.conf and bgpd.conf.
+const bfdProfile = "ironlb"
+
+// BFDD returns the bfdd.conf of c for a router directory, or nil when c has
+// no BFD.
+func (c Config) BFDD() func(dir string) string {
+	if c.BFD == nil {
+		return nil
+	}
+	return func(dir string) string {
+		return fmt.Sprintf(`hostname lab-router
+log file %s/bfdd.log
+bfd
+ profile %s
+  receive-interval %d
+  transmit-interval %d
+  detect-multiplier %d
+ exit
+exit
+`, dir, bfdProfile, c.BFD.ReceiveMs, c.BFD.TransmitMs, c.BFD.Multiplier)
+	}
 }
 
 // BGPD returns the bgpd.conf of c for a router directory, as Start and
@@ -38,6 +69,9 @@ func (c Config) BGPD() func(dir string) string {
 		has6 := false
 		for _, n := range c.Neighbours {
 			fmt.Fprintf(&neighbours, " neighbor %s remote-as %d\n neighbor %s timers connect 1\n", n, c.NodeASN, n)
+			if c.BFD != nil {
+				fmt.Fprintf(&neighbours, " neighbor %s bfd\n neighbor %s bfd profile %s\n", n, n, bfdProfile)
+			}
 			if pw, ok := c.Passwords[n]; ok {
 				fmt.Fprintf(&neighbours, " neighbor %s password %s\n", n, pw)
 			}

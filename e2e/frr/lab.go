@@ -27,7 +27,7 @@ func LaunchLab(ctx context.Context, l *lab.Lab, c Config) (*Router, error) {
 	if err := noRedirects(ctx, l.Router); err != nil {
 		return nil, err
 	}
-	return Launch(l.Router.Namespace, c.BGPD())
+	return Launch(l.Router.Namespace, c.BGPD(), c.BFDD())
 }
 
 // StartLab is Start on the lab's router with c.
@@ -36,7 +36,7 @@ func StartLab(t testing.TB, l *lab.Lab, c Config) *Router {
 	if err := noRedirects(context.Background(), l.Router); err != nil {
 		t.Fatal(err)
 	}
-	return Start(t, l.Router.Namespace, c.BGPD())
+	return Start(t, l.Router.Namespace, c.BGPD(), c.BFDD())
 }
 
 // noRedirects makes the router send client traffic back out of the

@@ -134,3 +134,25 @@ func SessionStates(ns, dir string) (map[string]string, error) {
 	}
 	return states, nil
 }
+
+// BFDPeers reads bfdd's sessions: the state ("up", "down", "init") by peer
+// address.
+func BFDPeers(ns, dir string) (map[string]string, error) {
+	const cmd = "show bfd peers json"
+	out, err := Vtysh(ns, dir, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("vtysh %q: %v: %s", cmd, err, out)
+	}
+	var peers []struct {
+		Peer   string `json:"peer"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(out, &peers); err != nil {
+		return nil, fmt.Errorf("parse %q: %v: %s", cmd, err, out)
+	}
+	states := make(map[string]string, len(peers))
+	for _, p := range peers {
+		states[p.Peer] = p.Status
+	}
+	return states, nil
+}

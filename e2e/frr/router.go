@@ -19,9 +19,9 @@ const Daemons = "/usr/lib/frr"
 const startLimit = time.Minute
 
 // Installed returns nil when FRR's daemons and vtysh are present, else why
-// not, for a test to skip with.
+// not.
 func Installed() error {
-	for _, bin := range []string{"zebra", "bgpd"} {
+	for _, bin := range []string{"zebra", "bgpd", "bfdd"} {
 		if _, err := os.Stat(filepath.Join(Daemons, bin)); err != nil {
 			return fmt.Errorf("FRR not installed (%v): apt-get install -y frr", err)
 		}
@@ -32,7 +32,23 @@ func Installed() error {
 	return nil
 }
 
-// Router is zebra and bgpd running in one network namespace.
+// Require ends a test that needs FRR when it is not installed: a failure
+// under CI (CI=true), where .ci/run installs it, and a skip naming the
+// install step on a developer's machine.
+func Require(t testing.TB) {
+	t.Helper()
+	err := Installed()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%v (CI=true: FRR must be installed)", err)
+	}
+	t.Skipf("%v; under CI=true this fails instead", err)
+}
+
+// Router is zebra and bgpd, and bfdd when configured, running in one
+// network namespace.
 type Router struct {
 	Namespace string
 	Dir       string // configuration, sockets and logs
@@ -48,11 +64,12 @@ type daemon struct {
 
 // Start runs zebra and bgpd in namespace ns until the test ends, with the
 // bgpd.conf that bgpdConf returns for the router's directory (for its log
-// file line). It returns once bgpd answers vtysh. The daemons' output and
-// logs are shown when the test fails.
-func Start(t testing.TB, ns string, bgpdConf func(dir string) string) *Router {
+// file line), and bfdd with bfddConf's bfdd.conf when that is given and not
+// nil (Config.BFDD). It returns once bgpd answers vtysh. The daemons' output
+// and logs are shown when the test fails.
+func Start(t testing.TB, ns string, bgpdConf func(dir string) string, bfddConf ...func(dir string) string) *Router {
 	t.Helper()
-	r, err := Launch(ns, bgpdConf)
+	r, err := Launch(ns, bgpdConf, bfddConf...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +84,7 @@ func Start(t testing.TB, ns string, bgpdConf func(dir string) string) *Router {
 
 // Launch is Start for programs other than tests: the caller must Close the
 // router.
-func Launch(ns string, bgpdConf func(dir string) string) (_ *Router, err error) {
+func Launch(ns string, bgpdConf func(dir string) string, bfddConf ...func(dir string) string) (_ *Router, err error) {
 	// FRR drops to user frr, which cannot enter a private temporary parent.
 	dir, err := os.MkdirTemp("", "ironlb-frr-")
 	if err != nil {
@@ -93,6 +110,16 @@ func Launch(ns string, bgpdConf func(dir string) string) (_ *Router, err error) 
 	}
 	if err := waitFor("zebra's socket", func() error { _, err := os.Stat(zserv); return err }); err != nil {
 		return r, err
+	}
+	// bfdd before bgpd, so bgpd's BFD registrations find it.
+	if len(bfddConf) > 0 && bfddConf[0] != nil {
+		conf := filepath.Join(dir, "bfdd.conf")
+		if err := os.WriteFile(conf, []byte(bfddConf[0](dir)), 0o644); err != nil {
+			return r, fmt.Errorf("write bfdd.conf: %w", err)
+		}
+		if err := r.daemon("bfdd", "-z", zserv, "--vty_socket", dir, "-i", filepath.Join(dir, "bfdd.pid"), "-f", conf, "--bfdctl", filepath.Join(dir, "bfdd.sock")); err != nil {
+			return r, err
+		}
 	}
 	if err := r.daemon("bgpd", "-z", zserv, "--vty_socket", dir, "-i", filepath.Join(dir, "bgpd.pid"), "-f", filepath.Join(dir, "bgpd.conf"), "-p", "179"); err != nil {
 		return r, err
@@ -168,6 +195,9 @@ func (r *Router) NextHops(pfx netip.Prefix) ([]string, error) {
 func (r *Router) BGPPaths(pfx netip.Prefix) ([]Path, error) {
 	return BGPPaths(r.Namespace, r.Dir, pfx)
 }
+
+// BFDPeers reads bfdd's sessions (see the package function).
+func (r *Router) BFDPeers() (map[string]string, error) { return BFDPeers(r.Namespace, r.Dir) }
 
 // SessionStates reads bgpd's neighbours (see the package function).
 func (r *Router) SessionStates() (map[string]string, error) {

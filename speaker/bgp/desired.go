@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
+	"github.com/ironlb/ironlb/api/v1beta1"
 	"github.com/ironlb/ironlb/internal/policy"
 )
 
@@ -89,7 +91,12 @@ const defaultHoldTime = 90 * time.Second
 //     routerID the node's peers set when they all agree, else the node's
 //     first IPv4 address; a peer asking for another one is left out, and so
 //     is every peer when the node has no IPv4 address and none is set.
-//   - bfdProfile: configured without BFD. Failures are then found by the
+//   - bfdProfile: BFD runs single-hop in asynchronous mode with the
+//     profile's receiveInterval, transmitInterval and detectMultiplier.
+//     echoMode and passiveMode are reported and left off (the session is
+//     active, without echo); a minimumTtl other than the default 254 is
+//     reported and not enforced. On an ebgpMultiHop peer BFD is reported
+//     and left off (single-hop BFD only): failures are then found by the
 //     hold timer, later but still found.
 //   - enableGracefulRestart: configured without. The router then drops the
 //     routes at once when the speaker restarts, so traffic never goes to a
@@ -170,7 +177,9 @@ func DesiredPeers(node Node, cfg policy.Config) ([]PeerConfig, []error) {
 			pc.HoldTime, pc.KeepaliveTime = defaultHoldTime, defaultHoldTime/3
 		}
 		if p.BFDProfile != "" {
-			report(false, "spec.bfdProfile", p.BFDProfile, ErrUnsupported, "BFD is not available yet; failures are detected by the hold timer")
+			pc.BFD = desiredBFD(cfg.BFDProfiles[p.BFDProfile], p.EBGPMultiHop, func(field, value, reason string) {
+				report(false, field, value, ErrUnsupported, reason)
+			})
 		}
 		if p.EnableGracefulRestart {
 			report(false, "spec.enableGracefulRestart", "true", ErrUnsupported, "graceful restart is not available; the router withdraws the routes when the speaker restarts")
@@ -206,6 +215,33 @@ func DesiredPeers(node Node, cfg policy.Config) ([]PeerConfig, []error) {
 		out = nil
 	}
 	return peers, out
+}
+
+// desiredBFD is the BFD session a peer with this profile gets; what the
+// embedded server's BFD cannot do is reported (field, value, reason) and
+// left off. A profile the policy could not resolve never reaches here.
+func desiredBFD(prof policy.BFDProfile, multihop bool, report func(field, value, reason string)) BFDConfig {
+	if multihop {
+		report("spec.bfdProfile", prof.Name, "the embedded BGP server runs single-hop BFD only (RFC 5881), not on an ebgpMultiHop session; failures are detected by the hold timer")
+		return BFDConfig{}
+	}
+	field := "BFDProfile " + prof.Name + " spec."
+	if prof.EchoMode {
+		report(field+"echoMode", "true", "the embedded BGP server's BFD has no echo function; BFD runs in asynchronous mode")
+	}
+	if prof.PassiveMode {
+		report(field+"passiveMode", "true", "the embedded BGP server's BFD always sends control packets; the session is active")
+	}
+	if prof.MinimumTTL != v1beta1.DefaultBFDMinimumTTL {
+		report(field+"minimumTtl", strconv.FormatUint(uint64(prof.MinimumTTL), 10),
+			"minimumTtl applies to multi-hop BFD, which the embedded BGP server does not run; its single-hop packets are sent with TTL 255 and the TTL of received ones is not checked")
+	}
+	return BFDConfig{
+		Enabled:          true,
+		ReceiveInterval:  time.Duration(prof.ReceiveInterval) * time.Millisecond,
+		TransmitInterval: time.Duration(prof.TransmitInterval) * time.Millisecond,
+		DetectMultiplier: uint8(prof.DetectMultiplier),
+	}
 }
 
 // nodeRouterID picks the one router ID of the node's speaker (see

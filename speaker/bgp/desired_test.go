@@ -136,6 +136,17 @@ func TestDesiredPeers(t *testing.T) {
 		Data:       map[string][]byte{"password": []byte("from-secret")},
 	}
 	bfd := v1beta1.BFDProfile{ObjectMeta: crMeta("fast", nil)}
+	u32 := func(v uint32) *uint32 { return &v }
+	on := true
+	fast := v1beta1.BFDProfile{ObjectMeta: crMeta("fast", nil), Spec: v1beta1.BFDProfileSpec{
+		ReceiveInterval: u32(50), TransmitInterval: u32(60), DetectMultiplier: u32(4),
+	}}
+	odd := v1beta1.BFDProfile{ObjectMeta: crMeta("odd", nil), Spec: v1beta1.BFDProfileSpec{
+		EchoMode: &on, PassiveMode: &on, MinimumTTL: u32(250),
+	}}
+	defaultBFD := func(p *PeerConfig) {
+		p.BFD = BFDConfig{Enabled: true, ReceiveInterval: 300 * time.Millisecond, TransmitInterval: 300 * time.Millisecond, DetectMultiplier: 3}
+	}
 
 	tests := []struct {
 		name     string
@@ -273,7 +284,7 @@ func TestDesiredPeers(t *testing.T) {
 		}},
 		wantErrs: []peerErr{{Peer: "unnumbered", Namespace: crNamespace, Field: "spec.interface", Value: "eth1", LeftOut: true, Err: ErrUnsupported}},
 	}, {
-		name: "bfdProfile and graceful restart: session configured without them, both reported",
+		name: "bfdProfile with defaults (300 ms x 3); graceful restart reported",
 		node: nodeA,
 		res: policy.Resources{
 			BFDProfiles: []v1beta1.BFDProfile{bfd},
@@ -282,11 +293,44 @@ func TestDesiredPeers(t *testing.T) {
 				s.EnableGracefulRestart = true
 			})},
 		},
-		want: []PeerConfig{ebgp("tor", nil)},
+		want: []PeerConfig{ebgp("tor", defaultBFD)},
 		wantErrs: []peerErr{
-			{Peer: "tor", Namespace: crNamespace, Field: "spec.bfdProfile", Value: "fast", Err: ErrUnsupported},
 			{Peer: "tor", Namespace: crNamespace, Field: "spec.enableGracefulRestart", Value: "true", Err: ErrUnsupported},
 		},
+	}, {
+		name: "bfdProfile intervals and multiplier are carried over",
+		node: nodeA,
+		res: policy.Resources{
+			BFDProfiles: []v1beta1.BFDProfile{fast},
+			Peers:       []v1beta2.BGPPeer{crPeer("tor", func(s *v1beta2.BGPPeerSpec) { s.BFDProfile = "fast" })},
+		},
+		want: []PeerConfig{ebgp("tor", func(p *PeerConfig) {
+			p.BFD = BFDConfig{Enabled: true, ReceiveInterval: 50 * time.Millisecond, TransmitInterval: 60 * time.Millisecond, DetectMultiplier: 4}
+		})},
+	}, {
+		name: "bfdProfile echo, passive and minimumTtl: BFD configured without them, each reported",
+		node: nodeA,
+		res: policy.Resources{
+			BFDProfiles: []v1beta1.BFDProfile{odd},
+			Peers:       []v1beta2.BGPPeer{crPeer("tor", func(s *v1beta2.BGPPeerSpec) { s.BFDProfile = "odd" })},
+		},
+		want: []PeerConfig{ebgp("tor", defaultBFD)},
+		wantErrs: []peerErr{
+			{Peer: "tor", Namespace: crNamespace, Field: "BFDProfile odd spec.echoMode", Value: "true", Err: ErrUnsupported},
+			{Peer: "tor", Namespace: crNamespace, Field: "BFDProfile odd spec.minimumTtl", Value: "250", Err: ErrUnsupported},
+			{Peer: "tor", Namespace: crNamespace, Field: "BFDProfile odd spec.passiveMode", Value: "true", Err: ErrUnsupported},
+		},
+	}, {
+		name: "bfdProfile on an ebgpMultiHop peer: session configured without BFD, reported",
+		node: nodeA,
+		res: policy.Resources{
+			BFDProfiles: []v1beta1.BFDProfile{fast},
+			Peers: []v1beta2.BGPPeer{crPeer("tor", func(s *v1beta2.BGPPeerSpec) {
+				s.BFDProfile, s.EBGPMultiHop = "fast", true
+			})},
+		},
+		want:     []PeerConfig{ebgp("tor", func(p *PeerConfig) { p.EBGPMultiHop = true })},
+		wantErrs: []peerErr{{Peer: "tor", Namespace: crNamespace, Field: "spec.bfdProfile", Value: "fast", Err: ErrUnsupported}},
 	}, {
 		name: "hold time 0 (no keepalives): configured with the default, reported",
 		node: nodeA,

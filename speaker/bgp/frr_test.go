@@ -42,12 +42,18 @@ func TestMain(m *testing.M) {
 }
 
 // speakerHelper runs one speaker peering with the lab router. cfg is
-// "routerID,ipv6". Each stdin line is the space-separated prefixes to
-// advertise; "ok" is printed once applied. EOF or SIGTERM stops cleanly.
+// "routerID,ipv6[,bfd]"; with bfd both sessions run BFD (100 ms x 3). Each
+// stdin line is the space-separated prefixes to advertise; "ok" is printed
+// once applied. The line "?" prints the sessions' BFD states instead, as
+// "name=state ...". EOF or SIGTERM stops cleanly.
 func speakerHelper(cfg string) int {
 	parts := strings.Split(cfg, ",")
 	rid := netip.MustParseAddr(parts[0])
 	v6 := netip.MustParseAddr(parts[1])
+	var bfd BFDConfig
+	if len(parts) > 2 && parts[2] == "bfd" {
+		bfd = BFDConfig{Enabled: true, ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 100 * time.Millisecond, DetectMultiplier: 3}
+	}
 	s, err := New(Config{RouterID: rid, Logger: testLogger(nil)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -57,8 +63,8 @@ func speakerHelper(cfg string) int {
 	done := make(chan error, 1)
 	go func() { done <- s.Start(ctx) }()
 	peers := []PeerConfig{
-		{Name: "tor", Address: netip.MustParseAddr(labRouter), MyASN: nodeASN, PeerASN: routerASN, ConnectTime: time.Second},
-		{Name: "tor6", Address: netip.MustParseAddr(labRouterV6), MyASN: nodeASN, PeerASN: routerASN, ConnectTime: time.Second, SourceAddress: v6},
+		{Name: "tor", Address: netip.MustParseAddr(labRouter), MyASN: nodeASN, PeerASN: routerASN, ConnectTime: time.Second, BFD: bfd},
+		{Name: "tor6", Address: netip.MustParseAddr(labRouterV6), MyASN: nodeASN, PeerASN: routerASN, ConnectTime: time.Second, SourceAddress: v6, BFD: bfd},
 	}
 	if err := s.SyncPeers(ctx, peers); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -77,6 +83,19 @@ func speakerHelper(cfg string) int {
 		case line, ok := <-lines:
 			if !ok {
 				cancel()
+				continue
+			}
+			if line == "?" {
+				sts, err := s.PeerStates(ctx)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return 1
+				}
+				var out []string
+				for _, st := range sts {
+					out = append(out, st.Name+"="+st.BFDState)
+				}
+				fmt.Println(strings.Join(out, " "))
 				continue
 			}
 			var paths []Path
@@ -103,6 +122,8 @@ type lab struct {
 	suffix string
 	router string // namespace
 	frr    *frr.Router
+	// bfd runs BFD on every session, 100 ms x 3 at both ends.
+	bfd bool
 }
 
 func requireLab(t testing.TB) {
@@ -110,9 +131,7 @@ func requireLab(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	if err := frr.Installed(); err != nil {
-		t.Skip(err)
-	}
+	frr.Require(t)
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("iproute2 not installed")
 	}
@@ -129,9 +148,17 @@ func run(t testing.TB, args ...string) string {
 
 // newLab creates the router namespace with a bridge and starts FRR there.
 // Everything is removed in cleanup, also when the test fails.
-func newLab(t testing.TB) *lab {
+func newLab(t testing.TB) *lab { return newLabBFD(t, false) }
+
+// newLabBFD is newLab, with BFD on every session when bfd is set.
+func newLabBFD(t testing.TB, bfd bool) *lab {
 	t.Helper()
-	l := &lab{t: t, suffix: strconv.Itoa(os.Getpid() % 100000)}
+	l := &lab{t: t, suffix: strconv.Itoa(os.Getpid() % 100000), bfd: bfd}
+	if bfd {
+		// Apart from a lab without BFD in the same process, whose
+		// namespaces the kernel may still be removing.
+		l.suffix += "b"
+	}
 	l.router = "ilb-r-" + l.suffix
 	run(t, "ip", "netns", "add", l.router)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.router).Run() })
@@ -147,7 +174,10 @@ func newLab(t testing.TB) *lab {
 	for _, n := range []string{"172.25.254.11", "172.25.254.12", "fd00:254::11", "fd00:254::12"} {
 		cfg.Neighbours = append(cfg.Neighbours, netip.MustParseAddr(n))
 	}
-	l.frr = frr.Start(t, l.router, cfg.BGPD())
+	if bfd {
+		cfg.BFD = &frr.BFD{ReceiveMs: 100, TransmitMs: 100, Multiplier: 3}
+	}
+	l.frr = frr.Start(t, l.router, cfg.BGPD(), cfg.BFDD())
 	return l
 }
 
@@ -156,6 +186,8 @@ func (l *lab) nextHops(pfx netip.Prefix) ([]string, error) { return l.frr.NextHo
 
 // node is a speaker process in its own namespace on the lab bridge.
 type node struct {
+	// link is the node's end of its cable, in the router's namespace.
+	link  string
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Scanner
@@ -179,7 +211,11 @@ func (l *lab) addNode(idx int) *node {
 	in(name, "ip", "link", "set", "eth0", "up")
 
 	cmd := exec.Command("ip", "netns", "exec", name, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+v4+","+v6)
+	helperCfg := v4 + "," + v6
+	if l.bfd {
+		helperCfg += ",bfd"
+	}
+	cmd.Env = append(os.Environ(), helperEnv+"="+helperCfg)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -192,7 +228,7 @@ func (l *lab) addNode(idx int) *node {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start speaker in %s: %v", name, err)
 	}
-	n := &node{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout), done: make(chan error, 1)}
+	n := &node{link: host, cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout), done: make(chan error, 1)}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-n.done
@@ -213,6 +249,23 @@ func (n *node) advertise(t testing.TB, prefixes ...netip.Prefix) {
 	if !n.out.Scan() || n.out.Text() != "ok" {
 		t.Fatalf("speaker did not apply paths: %q %v", n.out.Text(), n.out.Err())
 	}
+}
+
+// bfdStates asks the speaker for its sessions' BFD states, by peer name.
+func (n *node) bfdStates(t testing.TB) map[string]string {
+	t.Helper()
+	if _, err := fmt.Fprintln(n.stdin, "?"); err != nil {
+		t.Fatalf("ask speaker for BFD states: %v", err)
+	}
+	if !n.out.Scan() {
+		t.Fatalf("speaker did not answer with BFD states: %v", n.out.Err())
+	}
+	out := map[string]string{}
+	for _, f := range strings.Fields(n.out.Text()) {
+		k, v, _ := strings.Cut(f, "=")
+		out[k] = v
+	}
+	return out
 }
 
 // stop ends the speaker cleanly (EOF on stdin) and waits for it.
@@ -269,6 +322,48 @@ func TestFRRECMPAndWithdraw(t *testing.T) {
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("withdrawal on clean stop took %v, want well under the 90s hold time", d)
 	}
+}
+
+// TestFRRBFD: BFD sessions come up with FRR's bfdd at both ends and the
+// speaker reports them; when the node's link is cut, FRR's bfdd finds the
+// node gone and bgpd drops its routes long before the 90 s hold time.
+func TestFRRBFD(t *testing.T) {
+	requireLab(t)
+	l := newLabBFD(t, true)
+	n := l.addNode(1)
+	vip := netip.MustParsePrefix("172.25.254.50/32")
+	n.advertise(t, vip)
+	l.wantNextHops(t, vip, []string{"172.25.254.11"})
+	eventually(t, frrTimeout, "BFD up at FRR and at the speaker", func() string {
+		peers, err := l.frr.BFDPeers()
+		if err != nil {
+			return err.Error()
+		}
+		if peers["172.25.254.11"] != "up" || peers["fd00:254::11"] != "up" {
+			return fmt.Sprintf("FRR's BFD peers %v, want 172.25.254.11 and fd00:254::11 up", peers)
+		}
+		if got := n.bfdStates(t); got["tor"] != "up" || got["tor6"] != "up" {
+			return fmt.Sprintf("speaker's BFD states %v, want tor and tor6 up", got)
+		}
+		return ""
+	})
+
+	start := time.Now()
+	run(t, "ip", "netns", "exec", l.router, "ip", "link", "set", n.link, "down")
+	l.wantNextHops(t, vip, nil)
+	took := time.Since(start)
+	t.Logf("link cut to no next hop at FRR with BFD 100 ms x 3: %v", took)
+	// The hold timer alone would take 90 s; BFD takes 300 ms and FRR a
+	// moment to act on it. The bound is loose for a busy machine.
+	if took > 10*time.Second {
+		t.Errorf("route kept %v after the link was cut, want BFD (100 ms x 3) to remove it within 10s", took)
+	}
+	eventually(t, frrTimeout, "speaker reports BFD down", func() string {
+		if got := n.bfdStates(t); got["tor"] == "up" {
+			return fmt.Sprintf("speaker's BFD states %v, want tor not up", got)
+		}
+		return ""
+	})
 }
 
 // BenchmarkFRRAnnounce measures a speaker's SyncPaths until FRR has put the
@@ -345,4 +440,97 @@ func BenchmarkFRRAnnounce(b *testing.B) {
 	}
 	report("announce", announce)
 	report("withdraw", withdraw)
+}
+
+// TestFRRFailoverBench is the failover benchmark (make bench-bgp-failover):
+// a node advertising an address fails one of three ways, with and without
+// BFD (100 ms x 3 at both ends in this lab), and the time until the
+// router's kernel table no longer has the node as next hop is measured. It
+// prints one line per fault and BFD setting:
+//
+//	bgp-failover fault=kill|linkcut|stop bfd=on|off n=N p50_ms=... p99_ms=...
+//
+// Without BFD a cut link is found by the hold timer only (90 s), so that
+// case runs IRONLB_BGP_FAILOVER_SLOW_TRIALS times (default 1).
+func TestFRRFailoverBench(t *testing.T) {
+	trials, _ := strconv.Atoi(os.Getenv("IRONLB_BGP_FAILOVER_TRIALS"))
+	if trials <= 0 {
+		t.Skip("a benchmark: set IRONLB_BGP_FAILOVER_TRIALS (make bench-bgp-failover)")
+	}
+	slow, _ := strconv.Atoi(os.Getenv("IRONLB_BGP_FAILOVER_SLOW_TRIALS"))
+	slow = max(slow, 1)
+	requireLab(t)
+	for _, bfd := range []bool{true, false} {
+		onOff := map[bool]string{true: "on", false: "off"}[bfd]
+		t.Run("bfd="+onOff, func(t *testing.T) { failoverTrials(t, bfd, onOff, trials, slow) })
+	}
+}
+
+func failoverTrials(t *testing.T, bfd bool, onOff string, trials, slow int) {
+	vip := netip.MustParsePrefix("172.25.254.50/32")
+	l := newLabBFD(t, bfd)
+	for _, fault := range []string{"kill", "linkcut", "stop"} {
+		n := trials
+		if fault == "linkcut" && !bfd {
+			n = slow
+		}
+		var took []time.Duration
+		for range n {
+			node := l.addNode(1)
+			node.advertise(t, vip)
+			l.wantKernelRoute(t, vip, true)
+			if bfd {
+				eventually(t, frrTimeout, "BFD up", func() string {
+					if peers, err := l.frr.BFDPeers(); err != nil || peers["172.25.254.11"] != "up" {
+						return fmt.Sprintf("FRR's BFD peers %v %v", peers, err)
+					}
+					return ""
+				})
+			}
+			start := time.Now()
+			switch fault {
+			case "kill":
+				_ = node.cmd.Process.Kill()
+			case "linkcut":
+				run(t, "ip", "netns", "exec", l.router, "ip", "link", "set", node.link, "down")
+			case "stop":
+				node.stdin.Close()
+			}
+			l.wantKernelRoute(t, vip, false)
+			took = append(took, time.Since(start))
+			l.removeNode(t, node, 1)
+		}
+		slices.Sort(took)
+		fmt.Printf("bgp-failover fault=%s bfd=%s n=%d p50_ms=%.0f p99_ms=%.0f\n", fault, onOff, len(took),
+			float64(took[len(took)/2].Microseconds())/1000, float64(took[(len(took)*99)/100].Microseconds())/1000)
+	}
+}
+
+// wantKernelRoute polls the router's kernel table until the route to pfx is
+// there (present) or gone; the poll interval is the measurement's grain.
+func (l *lab) wantKernelRoute(t *testing.T, pfx netip.Prefix, present bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute) // beyond the 90 s hold time
+	for {
+		out := run(t, "ip", "-n", l.router, "route", "show", pfx.String())
+		if (strings.TrimSpace(out) != "") == present {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel route %v present=%v not reached: %q", pfx, present, out)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+}
+
+// removeNode ends the node's speaker and deletes its namespace, so the
+// next trial can create it again.
+func (l *lab) removeNode(t *testing.T, n *node, idx int) {
+	t.Helper()
+	_ = n.cmd.Process.Kill()
+	err := <-n.done
+	n.done <- err // for the cleanup registered by addNode
+	// The cable first: deleting the namespace removes it only later.
+	run(t, "ip", "-n", l.router, "link", "del", n.link)
+	run(t, "ip", "netns", "del", fmt.Sprintf("ilb-n%d-%s", idx, l.suffix))
 }

@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/apiutil"
-	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 const (
@@ -34,6 +34,16 @@ const (
 
 var markerRegexp = fmt.Sprintf("^%d:%d:[0-9]+$", markerGlobal, markerLocal)
 
+// MaxReceivedPrefixes bounds the prefixes a router may send per address
+// family. ironlb imports no routes, but the server keeps what it receives
+// (its Adj-RIB-In) before the import policy rejects it, so without a bound a
+// router, or whatever feeds it, could fill the node's memory. A router
+// sending more is told so (CEASE, maximum number of prefixes reached) and
+// its session stays down until the peer is configured again or the speaker
+// restarts; PeerState.LastError says why. The bound leaves room for a
+// router that reflects every node's service addresses back to it.
+const MaxReceivedPrefixes = 10000
+
 // router is the running gobgp server.
 type router struct {
 	srv *server.BgpServer
@@ -45,11 +55,16 @@ type sessionState struct {
 	state       string
 	advertised  int
 	updatesSent uint64
+	// prefixLimited: the session was shut down because the router sent
+	// more than MaxReceivedPrefixes.
+	prefixLimited bool
+	// bfdState is the BFD session's state; empty when there is none.
+	bfdState string
 }
 
 func startRouter(cfg Config, log logr.Logger, noteDown func(netip.Addr, string)) (*router, error) {
-	srv := server.NewBgpServer(server.LoggerOption(&logAdapter{log: log.WithName("gobgp"), noteDown: noteDown}))
-	// Serve has no way to stop; it idles once the server is stopped.
+	srv := server.NewBgpServer(server.LoggerOption(newServerLogger(log.WithName("gobgp"), noteDown), nil))
+	// Serve returns once the server is stopped.
 	go srv.Serve()
 	ctx := context.Background()
 	err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
@@ -70,8 +85,8 @@ func startRouter(cfg Config, log logr.Logger, noteDown func(netip.Addr, string))
 	// Received routes are rejected on import, so they are neither installed
 	// (there is no zebra) nor re-advertised; local paths pass.
 	for _, a := range []*api.PolicyAssignment{
-		{Name: "global", Direction: api.PolicyDirection_IMPORT, Policies: []*api.Policy{{Name: importPolicy}}, DefaultAction: api.RouteAction_REJECT},
-		{Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: exportPolicy}}, DefaultAction: api.RouteAction_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_IMPORT, Policies: []*api.Policy{{Name: importPolicy}}, DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_EXPORT, Policies: []*api.Policy{{Name: exportPolicy}}, DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT},
 	} {
 		if err := srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: a}); err != nil {
 			r.stop(ctx)
@@ -81,8 +96,10 @@ func startRouter(cfg Config, log logr.Logger, noteDown func(netip.Addr, string))
 	return r, nil
 }
 
-func (r *router) stop(ctx context.Context) {
-	_ = r.srv.StopBgp(ctx, &api.StopBgpRequest{})
+// stop closes every session and stops the server, its BFD sessions
+// included.
+func (r *router) stop(context.Context) {
+	r.srv.Stop()
 }
 
 // setExportPolicy rebuilds the whole policy: one statement per peer that
@@ -90,8 +107,8 @@ func (r *router) stop(ctx context.Context) {
 // dual-stack sessions, sets the other family's next hop.
 func (r *router) setExportPolicy(ctx context.Context, peers map[string]PeerConfig, markers map[string]uint32) error {
 	sets := []*api.DefinedSet{
-		{DefinedType: api.DefinedType_PREFIX, Name: anyIPv4Set, Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 0, MaskLengthMax: 32}}},
-		{DefinedType: api.DefinedType_PREFIX, Name: anyIPv6Set, Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 0, MaskLengthMax: 128}}},
+		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: anyIPv4Set, Prefixes: []*api.Prefix{{IpPrefix: "0.0.0.0/0", MaskLengthMin: 0, MaskLengthMax: 32}}},
+		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: anyIPv6Set, Prefixes: []*api.Prefix{{IpPrefix: "::/0", MaskLengthMin: 0, MaskLengthMax: 128}}},
 	}
 	var stmts []*api.Statement
 	for _, name := range slices.Sorted(maps.Keys(peers)) {
@@ -99,24 +116,24 @@ func (r *router) setExportPolicy(ctx context.Context, peers map[string]PeerConfi
 		nset := "ironlb-peer-" + strconv.FormatUint(uint64(id), 10)
 		mset := "ironlb-marker-" + strconv.FormatUint(uint64(id), 10)
 		sets = append(sets,
-			&api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: nset, List: []string{netip.PrefixFrom(p.Address, p.Address.BitLen()).String()}},
-			&api.DefinedSet{DefinedType: api.DefinedType_LARGE_COMMUNITY, Name: mset, List: []string{fmt.Sprintf("^%d:%d:%d$", markerGlobal, markerLocal, id)}},
+			&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nset, List: []string{netip.PrefixFrom(p.Address, p.Address.BitLen()).String()}},
+			&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_LARGE_COMMUNITY, Name: mset, List: []string{fmt.Sprintf("^%d:%d:%d$", markerGlobal, markerLocal, id)}},
 		)
 		cond := func() *api.Conditions {
 			return &api.Conditions{
-				NeighborSet:       &api.MatchSet{Type: api.MatchSet_ANY, Name: nset},
-				LargeCommunitySet: &api.MatchSet{Type: api.MatchSet_ANY, Name: mset},
+				NeighborSet:       &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: nset},
+				LargeCommunitySet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: mset},
 			}
 		}
 		strip := func() *api.Actions {
 			return &api.Actions{
-				RouteAction:    api.RouteAction_ACCEPT,
-				LargeCommunity: &api.CommunityAction{Type: api.CommunityAction_REMOVE, Communities: []string{markerRegexp}},
+				RouteAction:    api.RouteAction_ROUTE_ACTION_ACCEPT,
+				LargeCommunity: &api.CommunityAction{Type: api.CommunityAction_TYPE_REMOVE, Communities: []string{markerRegexp}},
 			}
 		}
 		if nh, ok := crossFamilyNextHop(p); ok {
 			c, a := cond(), strip()
-			c.PrefixSet = &api.MatchSet{Type: api.MatchSet_ANY, Name: anyIPv4Set}
+			c.PrefixSet = &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: anyIPv4Set}
 			if nh.Is6() {
 				c.PrefixSet.Name = anyIPv6Set
 			}
@@ -131,7 +148,7 @@ func (r *router) setExportPolicy(ctx context.Context, peers map[string]PeerConfi
 			{Name: importPolicy, Statements: []*api.Statement{{
 				Name:       importPolicy + "-local",
 				Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
-				Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
 			}}},
 			{Name: exportPolicy, Statements: stmts},
 		},
@@ -156,13 +173,19 @@ func toAPIPeer(p PeerConfig) *api.Peer {
 		peerASN = p.MyASN
 	}
 	// An ASN of 0 lets the server accept whatever the router announces.
-	families := []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family(p.Address), Enabled: true}}}
+	afiSafi := func(a netip.Addr) *api.AfiSafi {
+		return &api.AfiSafi{
+			Config:       &api.AfiSafiConfig{Family: family(a), Enabled: true},
+			PrefixLimits: &api.PrefixLimit{Family: family(a), MaxPrefixes: MaxReceivedPrefixes},
+		}
+	}
+	families := []*api.AfiSafi{afiSafi(p.Address)}
 	if p.DualStack {
 		other := netip.IPv6Unspecified()
 		if p.Address.Is6() {
 			other = netip.IPv4Unspecified()
 		}
-		families = append(families, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: family(other), Enabled: true}})
+		families = append(families, afiSafi(other))
 	}
 	port := uint32(p.Port)
 	if port == 0 {
@@ -190,6 +213,14 @@ func toAPIPeer(p PeerConfig) *api.Peer {
 	if p.EBGPMultiHop {
 		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
 	}
+	if p.BFD.Enabled {
+		ap.Bfd = &api.BfdPeerConfig{
+			Enabled:                  true,
+			DesiredMinimumTxInterval: uint32(p.BFD.TransmitInterval / time.Microsecond),
+			RequiredMinimumReceive:   uint32(p.BFD.ReceiveInterval / time.Microsecond),
+			DetectionMultiplier:      uint32(p.BFD.DetectMultiplier),
+		}
+	}
 	return ap
 }
 
@@ -209,18 +240,29 @@ func (r *router) deletePeer(ctx context.Context, p PeerConfig) error {
 
 // toAPIPath builds the path with an unspecified next hop, which the server
 // replaces with each session's local address.
-func toAPIPath(pfx netip.Prefix, a advert, withdraw bool) (*api.Path, error) {
+func toAPIPath(pfx netip.Prefix, a advert, withdraw bool) (*apiutil.Path, error) {
+	nlri, err := bgp.NewIPAddrPrefix(pfx)
+	if err != nil {
+		return nil, fmt.Errorf("encode path %v: %w", pfx, err)
+	}
 	attrs := []bgp.PathAttributeInterface{
 		bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP),
 		bgp.NewPathAttributeAsPath(nil),
 	}
-	var nlri bgp.AddrPrefixInterface
+	fam := bgp.RF_IPv4_UC
 	if pfx.Addr().Is4() {
-		nlri = bgp.NewIPAddrPrefix(uint8(pfx.Bits()), pfx.Addr().String())
-		attrs = append(attrs, bgp.NewPathAttributeNextHop("0.0.0.0"))
+		nh, err := bgp.NewPathAttributeNextHop(netip.IPv4Unspecified())
+		if err != nil {
+			return nil, fmt.Errorf("encode path %v: next hop: %w", pfx, err)
+		}
+		attrs = append(attrs, nh)
 	} else {
-		nlri = bgp.NewIPv6AddrPrefix(uint8(pfx.Bits()), pfx.Addr().String())
-		attrs = append(attrs, bgp.NewPathAttributeMpReachNLRI("::", []bgp.AddrPrefixInterface{nlri}))
+		fam = bgp.RF_IPv6_UC
+		mp, err := bgp.NewPathAttributeMpReachNLRI(fam, []bgp.PathNLRI{{NLRI: nlri}}, netip.IPv6Unspecified())
+		if err != nil {
+			return nil, fmt.Errorf("encode path %v: next hop: %w", pfx, err)
+		}
+		attrs = append(attrs, mp)
 	}
 	if a.localPref != 0 {
 		attrs = append(attrs, bgp.NewPathAttributeLocalPref(a.localPref))
@@ -238,38 +280,34 @@ func toAPIPath(pfx netip.Prefix, a advert, withdraw bool) (*api.Path, error) {
 	if len(large) > 0 {
 		attrs = append(attrs, bgp.NewPathAttributeLargeCommunities(large))
 	}
-	p, err := apiutil.NewPath(nlri, withdraw, attrs, time.Now())
-	if err != nil {
-		return nil, fmt.Errorf("encode path %v: %w", pfx, err)
-	}
-	return p, nil
+	return &apiutil.Path{Family: fam, Nlri: nlri, Attrs: attrs, Withdrawal: withdraw, Age: time.Now().Unix()}, nil
 }
 
-func (r *router) advertise(ctx context.Context, pfx netip.Prefix, a advert) error {
+func (r *router) advertise(_ context.Context, pfx netip.Prefix, a advert) error {
 	p, err := toAPIPath(pfx, a, false)
 	if err != nil {
 		return err
 	}
-	if _, err := r.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p}); err != nil {
+	if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{p}}); err != nil {
 		return fmt.Errorf("add path: %w", err)
 	}
 	return nil
 }
 
-func (r *router) withdraw(ctx context.Context, pfx netip.Prefix) error {
+func (r *router) withdraw(_ context.Context, pfx netip.Prefix) error {
 	p, err := toAPIPath(pfx, advert{}, true)
 	if err != nil {
 		return err
 	}
-	if err := r.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: p.Family, Path: p}); err != nil {
+	if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{p}}); err != nil {
 		return fmt.Errorf("delete path: %w", err)
 	}
 	return nil
 }
 
 // withdrawAll removes every local path; the server sends the withdrawals.
-func (r *router) withdrawAll(ctx context.Context) error {
-	if err := r.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL}); err != nil {
+func (r *router) withdrawAll(context.Context) error {
+	if err := r.srv.DeletePath(apiutil.DeletePathRequest{DeleteAll: true}); err != nil {
 		return fmt.Errorf("delete all paths: %w", err)
 	}
 	return nil
@@ -286,8 +324,14 @@ func (r *router) sessions(ctx context.Context) (map[netip.Addr]sessionState, err
 			return
 		}
 		st := sessionState{
-			up:    p.State.SessionState == api.PeerState_ESTABLISHED,
+			up:    p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED,
 			state: sessionStateName(p.State.SessionState),
+			// The server marks a session it shut down for the prefix
+			// limit with this admin state.
+			prefixLimited: p.State.AdminState == api.PeerState_ADMIN_STATE_PFX_CT,
+		}
+		if b := p.State.BfdState; b != nil {
+			st.bfdState = bfdStateName(b.SessionState)
 		}
 		if m := p.State.Messages; m != nil && m.Sent != nil {
 			st.updatesSent = m.Sent.Update
@@ -304,18 +348,32 @@ func (r *router) sessions(ctx context.Context) (map[netip.Addr]sessionState, err
 
 func sessionStateName(s api.PeerState_SessionState) string {
 	switch s {
-	case api.PeerState_IDLE:
+	case api.PeerState_SESSION_STATE_IDLE:
 		return "idle"
-	case api.PeerState_CONNECT:
+	case api.PeerState_SESSION_STATE_CONNECT:
 		return "connect"
-	case api.PeerState_ACTIVE:
+	case api.PeerState_SESSION_STATE_ACTIVE:
 		return "active"
-	case api.PeerState_OPENSENT:
+	case api.PeerState_SESSION_STATE_OPENSENT:
 		return "opensent"
-	case api.PeerState_OPENCONFIRM:
+	case api.PeerState_SESSION_STATE_OPENCONFIRM:
 		return "openconfirm"
-	case api.PeerState_ESTABLISHED:
+	case api.PeerState_SESSION_STATE_ESTABLISHED:
 		return "established"
 	}
 	return "unknown"
+}
+
+func bfdStateName(s api.BfdSessionState) string {
+	switch s {
+	case api.BfdSessionState_BFD_SESSION_STATE_UP:
+		return "up"
+	case api.BfdSessionState_BFD_SESSION_STATE_DOWN:
+		return "down"
+	case api.BfdSessionState_BFD_SESSION_STATE_INIT:
+		return "init"
+	case api.BfdSessionState_BFD_SESSION_STATE_ADMIN_DOWN:
+		return "admindown"
+	}
+	return ""
 }

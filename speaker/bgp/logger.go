@@ -1,61 +1,85 @@
 package bgp
 
 import (
-	"fmt"
+	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/go-logr/logr"
-	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
 
-// logAdapter sends the embedded server's logs to logr and notes why
-// sessions fail, for PeerState.LastError.
+// logAdapter is the embedded server's slog handler: it sends the server's
+// logs to logr and notes why sessions fail, for PeerState.LastError.
 type logAdapter struct {
 	log      logr.Logger
 	noteDown func(netip.Addr, string)
+	// attrs were added by the server's logger.With (the peer's "Key").
+	attrs []slog.Attr
 }
 
-var _ gobgplog.Logger = (*logAdapter)(nil)
+var _ slog.Handler = (*logAdapter)(nil)
 
-func (l *logAdapter) Panic(msg string, f gobgplog.Fields) { l.emit(0, true, msg, f) }
-func (l *logAdapter) Fatal(msg string, f gobgplog.Fields) { l.emit(0, true, msg, f) }
-func (l *logAdapter) Error(msg string, f gobgplog.Fields) { l.emit(0, true, msg, f) }
-func (l *logAdapter) Warn(msg string, f gobgplog.Fields)  { l.emit(0, false, msg, f) }
-func (l *logAdapter) Info(msg string, f gobgplog.Fields)  { l.emit(1, false, msg, f) }
-func (l *logAdapter) Debug(msg string, f gobgplog.Fields) { l.emit(2, false, msg, f) }
+// newServerLogger wraps the adapter for the server's LoggerOption.
+func newServerLogger(log logr.Logger, noteDown func(netip.Addr, string)) *slog.Logger {
+	return slog.New(&logAdapter{log: log, noteDown: noteDown})
+}
 
-// SetLevel is ignored: verbosity belongs to the logr backend.
-func (l *logAdapter) SetLevel(gobgplog.LogLevel) {}
+// Enabled is always true so the server hands over the debug-level connect
+// failures we record; logr's verbosity filters what is printed.
+func (l *logAdapter) Enabled(context.Context, slog.Level) bool { return true }
 
-// GetLevel is always debug so the server hands over the connect failures we
-// record; logr's verbosity filters what is printed.
-func (l *logAdapter) GetLevel() gobgplog.LogLevel { return gobgplog.DebugLevel }
+func (l *logAdapter) WithAttrs(attrs []slog.Attr) slog.Handler {
+	c := *l
+	c.attrs = append(slices.Clip(l.attrs), attrs...)
+	return &c
+}
 
-func (l *logAdapter) emit(v int, isErr bool, msg string, f gobgplog.Fields) {
-	kv := make([]any, 0, 2*len(f))
+// WithGroup is flattened: the server does not use groups for anything we
+// read.
+func (l *logAdapter) WithGroup(string) slog.Handler { return l }
+
+func (l *logAdapter) Handle(_ context.Context, r slog.Record) error {
+	attrs := slices.Clone(l.attrs)
+	r.Attrs(func(a slog.Attr) bool {
+		attrs = append(attrs, a)
+		return true
+	})
+	v, isErr := 2, false
+	switch {
+	case r.Level >= slog.LevelError:
+		v, isErr = 0, true
+	case r.Level >= slog.LevelWarn:
+		v = 0
+	case r.Level >= slog.LevelInfo:
+		v = 1
+	}
+	l.emit(v, isErr, r.Message, attrs)
+	return nil
+}
+
+func (l *logAdapter) emit(v int, isErr bool, msg string, attrs []slog.Attr) {
+	kv := make([]any, 0, 2*len(attrs))
 	var peer netip.Addr
 	var reason string
-	for _, k := range slices.Sorted(mapKeys(f)) {
-		key := k
-		lk := strings.ToLower(k)
+	for _, a := range attrs {
+		key := a.Key
+		lk := strings.ToLower(key)
 		switch {
 		case strings.Contains(lk, "password"):
 			continue // never logged
-		case k == "Key":
+		case key == "Key":
 			key = "peer"
-			if s, ok := f[k].(string); ok {
-				if a, err := netip.ParseAddr(s); err == nil {
-					peer = a.Unmap()
-				}
+			if a, err := netip.ParseAddr(a.Value.String()); err == nil {
+				peer = a.Unmap()
 			}
-		case k == "Reason" || k == "Error" || k == "Err":
-			reason = fmt.Sprint(f[k])
+		case key == "Reason" || key == "Error" || key == "Err":
+			reason = a.Value.String()
 		}
-		kv = append(kv, lowerFirst(key), f[k])
+		kv = append(kv, lowerFirst(key), a.Value.Any())
 	}
-	if l.noteDown != nil && peer.IsValid() && recordable(msg, isErr, v, reason) {
+	if l.noteDown != nil && peer.IsValid() && recordable(msg, isErr, v) {
 		text := msg
 		if reason != "" {
 			text += ": " + reason
@@ -73,7 +97,7 @@ func (l *logAdapter) emit(v int, isErr bool, msg string, f gobgplog.Fields) {
 const msgConnectFailed = "failed to connect"
 
 // recordable picks the messages that explain a session being down.
-func recordable(msg string, isErr bool, v int, reason string) bool {
+func recordable(msg string, isErr bool, v int) bool {
 	switch {
 	case isErr, v == 0:
 		return true
@@ -81,16 +105,6 @@ func recordable(msg string, isErr bool, v int, reason string) bool {
 		return true
 	}
 	return false
-}
-
-func mapKeys(f gobgplog.Fields) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range f {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func lowerFirst(s string) string {

@@ -67,6 +67,12 @@ func validatePeer(p PeerConfig, routerID netip.Addr) error {
 	if p.NextHopIPv6.IsValid() && (!p.NextHopIPv6.Is6() || p.NextHopIPv6.Is4In6()) {
 		return bad("nextHopIPv6", ErrInvalid, "%v is not IPv6", p.NextHopIPv6)
 	}
+	if p.BFD.Enabled && p.EBGPMultiHop {
+		return bad("bfd", ErrUnsupported, "the embedded server runs single-hop BFD only (RFC 5881), not over a multihop session")
+	}
+	if err := validateBFD(p.BFD); err != nil {
+		return bad("bfd", ErrInvalid, "%v", err)
+	}
 	if p.DualStack {
 		if p.Address.Is4() && !p.NextHopIPv6.IsValid() {
 			return bad("dualStack", ErrInvalid, "IPv6 paths over an IPv4 session need nextHopIPv6")
@@ -74,6 +80,27 @@ func validatePeer(p PeerConfig, routerID netip.Addr) error {
 		if p.Address.Is6() && !p.NextHopIPv4.IsValid() {
 			return bad("dualStack", ErrInvalid, "IPv4 paths over an IPv6 session need nextHopIPv4")
 		}
+	}
+	return nil
+}
+
+// BFD timer bounds, as the BFDProfile API allows them.
+const (
+	minBFDInterval = 10 * time.Millisecond
+	maxBFDInterval = 60 * time.Second
+)
+
+func validateBFD(b BFDConfig) error {
+	if !b.Enabled {
+		return nil
+	}
+	for _, iv := range []time.Duration{b.ReceiveInterval, b.TransmitInterval} {
+		if iv < minBFDInterval || iv > maxBFDInterval || iv%time.Microsecond != 0 {
+			return fmt.Errorf("interval %v is not whole microseconds between %v and %v", iv, minBFDInterval, maxBFDInterval)
+		}
+	}
+	if b.DetectMultiplier < 2 {
+		return fmt.Errorf("detect multiplier %d is below 2", b.DetectMultiplier)
 	}
 	return nil
 }

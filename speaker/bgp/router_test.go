@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/apiutil"
-	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // route is what a router holds for one prefix, as a user would inspect it.
@@ -54,7 +54,7 @@ func freePort(t testing.TB, addr netip.Addr) uint16 {
 func newTestRouter(t testing.TB, addr netip.Addr, asn uint32, neighbours map[netip.Addr]uint32) *testRouter {
 	t.Helper()
 	ctx := context.Background()
-	r := &testRouter{srv: server.NewBgpServer(server.LoggerOption(&logAdapter{log: testLogger(t).WithName("router")})), addr: addr, asn: asn}
+	r := &testRouter{srv: server.NewBgpServer(server.LoggerOption(newServerLogger(testLogger(t).WithName("router"), nil), nil)), addr: addr, asn: asn}
 	go r.srv.Serve()
 	r.port = freePort(t, addr)
 	if err := r.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
@@ -63,7 +63,7 @@ func newTestRouter(t testing.TB, addr netip.Addr, asn uint32, neighbours map[net
 	}}); err != nil {
 		t.Fatalf("start test router: %v", err)
 	}
-	t.Cleanup(func() { _ = r.srv.StopBgp(context.Background(), &api.StopBgpRequest{}) })
+	t.Cleanup(r.srv.Stop)
 	for n, nasn := range neighbours {
 		r.addNeighbour(t, n, nasn, "")
 	}
@@ -97,14 +97,11 @@ func (r *testRouter) peerConfig(name string, myASN uint32, source netip.Addr) Pe
 func (r *testRouter) routes(t testing.TB) map[netip.Prefix][]route {
 	t.Helper()
 	out := map[netip.Prefix][]route{}
-	for _, fam := range []*api.Family{
-		{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST},
-		{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST},
-	} {
-		err := r.srv.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: fam}, func(d *api.Destination) {
-			pfx := netip.MustParsePrefix(d.Prefix)
-			for _, p := range d.Paths {
-				out[pfx] = append(out[pfx], decodeRoute(t, p))
+	for _, fam := range []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC} {
+		err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: fam}, func(nlri bgp.NLRI, paths []*apiutil.Path) {
+			pfx := netip.MustParsePrefix(nlri.String())
+			for _, p := range paths {
+				out[pfx] = append(out[pfx], decodeRoute(p))
 			}
 			slices.SortFunc(out[pfx], func(a, b route) int { return a.NextHop.Compare(b.NextHop) })
 		})
@@ -115,19 +112,14 @@ func (r *testRouter) routes(t testing.TB) map[netip.Prefix][]route {
 	return out
 }
 
-func decodeRoute(t testing.TB, p *api.Path) route {
-	attrs, err := apiutil.GetNativePathAttributes(p)
-	if err != nil {
-		t.Fatalf("decode path attributes: %v", err)
-	}
+func decodeRoute(p *apiutil.Path) route {
 	var rt route
-	for _, a := range attrs {
+	for _, a := range p.Attrs {
 		switch a := a.(type) {
 		case *bgp.PathAttributeNextHop:
-			rt.NextHop, _ = netip.AddrFromSlice(a.Value)
-			rt.NextHop = rt.NextHop.Unmap()
+			rt.NextHop = a.Value.Unmap()
 		case *bgp.PathAttributeMpReachNLRI:
-			rt.NextHop, _ = netip.AddrFromSlice(a.Nexthop)
+			rt.NextHop = a.Nexthop
 		case *bgp.PathAttributeLocalPref:
 			rt.LocalPref = a.Value
 		case *bgp.PathAttributeCommunities:
@@ -146,7 +138,7 @@ func (r *testRouter) sessionUp(t testing.TB, n netip.Addr) bool {
 	t.Helper()
 	up := false
 	err := r.srv.ListPeer(context.Background(), &api.ListPeerRequest{Address: n.String()}, func(p *api.Peer) {
-		up = p.State != nil && p.State.SessionState == api.PeerState_ESTABLISHED
+		up = p.State != nil && p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED
 	})
 	if err != nil {
 		t.Fatalf("list test router peers: %v", err)
@@ -156,19 +148,15 @@ func (r *testRouter) sessionUp(t testing.TB, n netip.Addr) bool {
 
 // watchBest calls fn for every best-path change the router sees.
 func (r *testRouter) watchBest(ctx context.Context, fn func(pfx netip.Prefix, withdraw bool)) error {
-	return r.srv.WatchEvent(ctx, &api.WatchEventRequest{Table: &api.WatchEventRequest_Table{
-		Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}},
-	}}, func(ev *api.WatchEventResponse) {
-		for _, p := range ev.GetTable().GetPaths() {
-			nlri, err := apiutil.GetNativeNlri(p)
-			if err != nil {
-				continue
+	return r.srv.WatchEvent(ctx, server.WatchEventMessageCallbacks{
+		OnBestPath: func(paths []*apiutil.Path, _ time.Time) {
+			for _, p := range paths {
+				if pfx, err := netip.ParsePrefix(p.Nlri.String()); err == nil {
+					fn(pfx, p.Withdrawal)
+				}
 			}
-			if pfx, err := netip.ParsePrefix(nlri.String()); err == nil {
-				fn(pfx, p.IsWithdraw)
-			}
-		}
-	})
+		},
+	}, server.WatchBestPath(false))
 }
 
 // eventually polls cond until it returns "" or the deadline passes.

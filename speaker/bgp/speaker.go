@@ -25,6 +25,7 @@
 package bgp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,6 +54,13 @@ var (
 // md5Hint ends the last error of a session with TCP MD5 that cannot
 // connect.
 const md5Hint = "; TCP MD5 is on for this session: a router whose password differs drops the connection unanswered"
+
+// prefixLimitError is the last error of a session shut down because the
+// router sent too many prefixes.
+var prefixLimitError = fmt.Sprintf("the router sent more than %d prefixes of one address family; "+
+	"ironlb imports no routes, so the session was shut down (CEASE, maximum number of prefixes reached) "+
+	"and stays down until the peer is configured again or the speaker restarts: "+
+	"filter the routes the router sends to this node", MaxReceivedPrefixes)
 
 // Dynamic ASN modes of PeerConfig.DynamicASN.
 const (
@@ -90,6 +98,22 @@ type PeerConfig struct {
 	// family the session's own address is not; required by DualStack for
 	// the other family.
 	NextHopIPv4, NextHopIPv6 netip.Addr
+	// BFD watches the path to the router; its zero value means none.
+	BFD BFDConfig
+}
+
+// BFDConfig is a single-hop BFD session (RFC 5880, 5881) in asynchronous
+// mode alongside the BGP session: when it fails the BGP session is reset at
+// once instead of at the end of the hold time.
+type BFDConfig struct {
+	Enabled bool
+	// ReceiveInterval is the slowest rate at which this node wants BFD
+	// packets; TransmitInterval the fastest rate at which it sends them.
+	// Both are whole microseconds between 10 ms and 60 s.
+	ReceiveInterval, TransmitInterval time.Duration
+	// DetectMultiplier is how many packets may be missed before the session
+	// is declared down: 2 to 255.
+	DetectMultiplier uint8
 }
 
 // Path is one prefix to advertise.
@@ -120,6 +144,9 @@ type PeerState struct {
 	// LastError is the configuration error or the last reason the session
 	// went down; empty when none.
 	LastError string
+	// BFDState is the BFD session's state ("up", "down", "init",
+	// "admindown"); empty when the peer has no BFD.
+	BFDState string
 }
 
 // Config configures a Speaker.
@@ -293,6 +320,12 @@ func (s *Speaker) PeerStates(ctx context.Context) ([]PeerState, error) {
 		st := PeerState{Name: name, Address: p.Address, State: "idle", LastError: s.lastError(p.Address)}
 		if l, ok := live[p.Address]; ok {
 			st.Up, st.State, st.Advertised, st.UpdatesSent = l.up, l.state, l.advertised, l.updatesSent
+			if p.BFD.Enabled {
+				st.BFDState = cmp.Or(l.bfdState, "down")
+			}
+			if l.prefixLimited {
+				st.LastError = prefixLimitError
+			}
 		}
 		if p.Password != "" && !st.Up && strings.HasPrefix(st.LastError, msgConnectFailed) {
 			// A router whose password differs drops the signed connection
