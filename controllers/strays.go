@@ -20,6 +20,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 )
 
+// The stray reporters list and watch the configuration kinds in every
+// namespace (as metadata only): the one permission on metallb.io objects
+// outside ironlb's namespace the controller needs.
+// +kubebuilder:rbac:groups=metallb.io,resources=ipaddresspools;l2advertisements;bgpadvertisements;communities;bfdprofiles;bgppeers,verbs=list;watch
+
 // ReasonWrongNamespace is the reason of the Event on a metallb.io
 // configuration object created outside ironlb's namespace.
 const ReasonWrongNamespace = "WrongNamespace"
