@@ -211,6 +211,10 @@ func TestPermissions(t *testing.T) {
 		each("list,watch,create", "", []string{"secrets"}, ns),
 		each("get,create,update", "coordination.k8s.io", []string{"leases"}, ns),
 		each("list,watch", "metallb.io", configKinds, ns),
+		// Cluster-wide, metadata only: configuration created outside the
+		// namespace gets a WrongNamespace Event where the admission policy
+		// is not installed.
+		each("list,watch", "metallb.io", configKinds, ""),
 		each("patch", "metallb.io", []string{"ipaddresspools/status", "configurationstates/status"}, ns),
 		each("list,watch,create,update", "metallb.io", []string{"configurationstates"}, ns),
 	} {
@@ -237,7 +241,6 @@ func TestPermissions(t *testing.T) {
 		}
 		mustNot[who] = append(mustNot[who], each("update,patch,create,delete", "", []string{"services"}, "default")...)
 		mustNot[who] = append(mustNot[who], each("create,update,patch,delete", "metallb.io", configKinds, ns)...)
-		mustNot[who] = append(mustNot[who], each("list", "metallb.io", configKinds, "default")...)
 		mustNot[who] = append(mustNot[who], each("get,list", "", []string{"pods", "configmaps"}, "")...)
 		mustNot[who] = append(mustNot[who], each("list", "", []string{"endpoints"}, "")...)
 	}
@@ -250,6 +253,7 @@ func TestPermissions(t *testing.T) {
 	mustNot[speakerSA] = append(mustNot[speakerSA], each("create,update,patch,delete", "", []string{"secrets"}, ns)...)
 	mustNot[speakerSA] = append(mustNot[speakerSA], each("patch,update", "", []string{"services/status", "nodes", "nodes/status"}, "")...)
 	mustNot[speakerSA] = append(mustNot[speakerSA], each("list", "", []string{"namespaces"}, "")...)
+	mustNot[speakerSA] = append(mustNot[speakerSA], each("list", "metallb.io", configKinds, "default")...)
 	mustNot[speakerSA] = append(mustNot[speakerSA], each("create", "", []string{"events"}, "default")...)
 
 	for _, who := range []account{controllerSA, speakerSA} {
