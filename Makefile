@@ -128,9 +128,10 @@ bench-bgp:
 	echo "$$out" | grep -E 'bgp-announce-detail|^(ok|---)'; echo "$$out" | grep -oE 'bgp-announce n=.*'
 
 ## bench-bgp-failover: a node advertising an address fails (kill -9, link
-## cut, clean stop), with BFD (100 ms x 3) and without, against FRR (root);
-## prints `bgp-failover fault=... bfd=on|off n=20 p50_ms=... p99_ms=...`:
-## the time until the router's kernel table loses the node's next hop.
+## cut, clean stop), with BFD (300 ms x 3 and 50 ms x 3) and without, against
+## FRR (root); prints `bgp-failover fault=... bfd=on|off profile=... n=20
+## p50_ms=... p99_ms=...`: the time until the router's kernel table loses
+## the node's next hop.
 ## Without BFD a cut link waits for the 90 s hold time: 2 trials only.
 bench-bgp-failover:
 	@out=$$(IRONLB_BGP_FAILOVER_TRIALS=20 IRONLB_BGP_FAILOVER_SLOW_TRIALS=2 $(GO) test -count=1 -timeout 60m -run 'TestFRRFailoverBench' -v ./speaker/bgp/ 2>&1); rc=$$?; \

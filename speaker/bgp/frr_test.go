@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 }
 
 // speakerHelper runs one speaker peering with the lab router. cfg is
-// "routerID,ipv6[,bfd]"; with bfd both sessions run BFD (100 ms x 3). Each
+// "routerID,ipv6[,bfd=MS]"; with bfd both sessions run BFD (MS ms x 3). Each
 // stdin line is the space-separated prefixes to advertise; "ok" is printed
 // once applied. The line "?" prints the sessions' BFD states instead, as
 // "name=state ...". EOF or SIGTERM stops cleanly.
@@ -51,8 +51,10 @@ func speakerHelper(cfg string) int {
 	rid := netip.MustParseAddr(parts[0])
 	v6 := netip.MustParseAddr(parts[1])
 	var bfd BFDConfig
-	if len(parts) > 2 && parts[2] == "bfd" {
-		bfd = BFDConfig{Enabled: true, ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 100 * time.Millisecond, DetectMultiplier: 3}
+	if len(parts) > 2 {
+		ms, _ := strconv.Atoi(strings.TrimPrefix(parts[2], "bfd="))
+		iv := time.Duration(ms) * time.Millisecond
+		bfd = BFDConfig{Enabled: true, ReceiveInterval: iv, TransmitInterval: iv, DetectMultiplier: 3}
 	}
 	s, err := New(Config{RouterID: rid, Logger: testLogger(nil)})
 	if err != nil {
@@ -122,8 +124,9 @@ type lab struct {
 	suffix string
 	router string // namespace
 	frr    *frr.Router
-	// bfd runs BFD on every session, 100 ms x 3 at both ends.
-	bfd bool
+	// bfdMs runs BFD on every session, bfdMs ms x 3 at both ends; 0 is
+	// none.
+	bfdMs uint32
 }
 
 func requireLab(t testing.TB) {
@@ -148,16 +151,17 @@ func run(t testing.TB, args ...string) string {
 
 // newLab creates the router namespace with a bridge and starts FRR there.
 // Everything is removed in cleanup, also when the test fails.
-func newLab(t testing.TB) *lab { return newLabBFD(t, false) }
+func newLab(t testing.TB) *lab { return newLabBFD(t, 0) }
 
-// newLabBFD is newLab, with BFD on every session when bfd is set.
-func newLabBFD(t testing.TB, bfd bool) *lab {
+// newLabBFD is newLab, with BFD (bfdMs ms x 3) on every session unless
+// bfdMs is 0.
+func newLabBFD(t testing.TB, bfdMs uint32) *lab {
 	t.Helper()
-	l := &lab{t: t, suffix: strconv.Itoa(os.Getpid() % 100000), bfd: bfd}
-	if bfd {
-		// Apart from a lab without BFD in the same process, whose
-		// namespaces the kernel may still be removing.
-		l.suffix += "b"
+	l := &lab{t: t, suffix: strconv.Itoa(os.Getpid() % 100000), bfdMs: bfdMs}
+	if bfdMs != 0 {
+		// Apart from the other labs of the same process, whose namespaces
+		// the kernel may still be removing.
+		l.suffix += "b" + strconv.Itoa(int(bfdMs))
 	}
 	l.router = "ilb-r-" + l.suffix
 	run(t, "ip", "netns", "add", l.router)
@@ -168,14 +172,21 @@ func newLabBFD(t testing.TB, bfd bool) *lab {
 	ns("ip", "addr", "add", labRouter+"/24", "dev", "br0")
 	ns("ip", "addr", "add", labRouterV6+"/64", "dev", "br0", "nodad")
 	ns("ip", "link", "set", "br0", "up")
+	// A port that never goes down keeps the bridge's carrier, so a node's
+	// cable cut is not also the router losing its connected route (which
+	// would withdraw the node's routes at once, BFD or not): the cut is
+	// between the switch and the node, as in a rack.
+	ns("ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep1")
+	ns("ip", "link", "set", "keep1", "up")
+	ns("ip", "link", "set", "keep0", "master", "br0", "up")
 
 	// IPv4 unicast on every session, the IPv6 ones too: FRR's default.
 	cfg := frr.Config{ASN: routerASN, NodeASN: nodeASN, RouterID: netip.MustParseAddr(labRouter), IPv4OnAll: true}
 	for _, n := range []string{"172.25.254.11", "172.25.254.12", "fd00:254::11", "fd00:254::12"} {
 		cfg.Neighbours = append(cfg.Neighbours, netip.MustParseAddr(n))
 	}
-	if bfd {
-		cfg.BFD = &frr.BFD{ReceiveMs: 100, TransmitMs: 100, Multiplier: 3}
+	if bfdMs != 0 {
+		cfg.BFD = &frr.BFD{ReceiveMs: bfdMs, TransmitMs: bfdMs, Multiplier: 3}
 	}
 	l.frr = frr.Start(t, l.router, cfg.BGPD(), cfg.BFDD())
 	return l
@@ -212,8 +223,8 @@ func (l *lab) addNode(idx int) *node {
 
 	cmd := exec.Command("ip", "netns", "exec", name, os.Args[0], "-test.run=^$")
 	helperCfg := v4 + "," + v6
-	if l.bfd {
-		helperCfg += ",bfd"
+	if l.bfdMs != 0 {
+		helperCfg += ",bfd=" + strconv.Itoa(int(l.bfdMs))
 	}
 	cmd.Env = append(os.Environ(), helperEnv+"="+helperCfg)
 	cmd.Stderr = os.Stderr
@@ -329,7 +340,7 @@ func TestFRRECMPAndWithdraw(t *testing.T) {
 // node gone and bgpd drops its routes long before the 90 s hold time.
 func TestFRRBFD(t *testing.T) {
 	requireLab(t)
-	l := newLabBFD(t, true)
+	l := newLabBFD(t, 100)
 	n := l.addNode(1)
 	vip := netip.MustParsePrefix("172.25.254.50/32")
 	n.advertise(t, vip)
@@ -443,12 +454,12 @@ func BenchmarkFRRAnnounce(b *testing.B) {
 }
 
 // TestFRRFailoverBench is the failover benchmark (make bench-bgp-failover):
-// a node advertising an address fails one of three ways, with and without
-// BFD (100 ms x 3 at both ends in this lab), and the time until the
-// router's kernel table no longer has the node as next hop is measured. It
-// prints one line per fault and BFD setting:
+// a node advertising an address fails one of three ways, with BFD (the
+// default profile, 300 ms x 3, and a fast one, 50 ms x 3, at both ends) and
+// without, and the time until the router's kernel table no longer has the
+// node as next hop is measured. It prints one line per fault and profile:
 //
-//	bgp-failover fault=kill|linkcut|stop bfd=on|off n=N p50_ms=... p99_ms=...
+//	bgp-failover fault=kill|linkcut|stop bfd=on|off profile=... n=N p50_ms=... p99_ms=...
 //
 // Without BFD a cut link is found by the hold timer only (90 s), so that
 // case runs IRONLB_BGP_FAILOVER_SLOW_TRIALS times (default 1).
@@ -460,18 +471,21 @@ func TestFRRFailoverBench(t *testing.T) {
 	slow, _ := strconv.Atoi(os.Getenv("IRONLB_BGP_FAILOVER_SLOW_TRIALS"))
 	slow = max(slow, 1)
 	requireLab(t)
-	for _, bfd := range []bool{true, false} {
-		onOff := map[bool]string{true: "on", false: "off"}[bfd]
-		t.Run("bfd="+onOff, func(t *testing.T) { failoverTrials(t, bfd, onOff, trials, slow) })
+	for _, ms := range []uint32{300, 50, 0} {
+		t.Run(fmt.Sprintf("bfd=%dms", ms), func(t *testing.T) { failoverTrials(t, ms, trials, slow) })
 	}
 }
 
-func failoverTrials(t *testing.T, bfd bool, onOff string, trials, slow int) {
+func failoverTrials(t *testing.T, bfdMs uint32, trials, slow int) {
 	vip := netip.MustParsePrefix("172.25.254.50/32")
-	l := newLabBFD(t, bfd)
+	l := newLabBFD(t, bfdMs)
+	label := fmt.Sprintf("bfd=on profile=%dmsx3", bfdMs)
+	if bfdMs == 0 {
+		label = "bfd=off profile=hold90s"
+	}
 	for _, fault := range []string{"kill", "linkcut", "stop"} {
 		n := trials
-		if fault == "linkcut" && !bfd {
+		if fault == "linkcut" && bfdMs == 0 {
 			n = slow
 		}
 		var took []time.Duration
@@ -479,7 +493,7 @@ func failoverTrials(t *testing.T, bfd bool, onOff string, trials, slow int) {
 			node := l.addNode(1)
 			node.advertise(t, vip)
 			l.wantKernelRoute(t, vip, true)
-			if bfd {
+			if bfdMs != 0 {
 				eventually(t, frrTimeout, "BFD up", func() string {
 					if peers, err := l.frr.BFDPeers(); err != nil || peers["172.25.254.11"] != "up" {
 						return fmt.Sprintf("FRR's BFD peers %v %v", peers, err)
@@ -501,7 +515,7 @@ func failoverTrials(t *testing.T, bfd bool, onOff string, trials, slow int) {
 			l.removeNode(t, node, 1)
 		}
 		slices.Sort(took)
-		fmt.Printf("bgp-failover fault=%s bfd=%s n=%d p50_ms=%.0f p99_ms=%.0f\n", fault, onOff, len(took),
+		fmt.Printf("bgp-failover fault=%s %s n=%d p50_ms=%.0f p99_ms=%.0f\n", fault, label, len(took),
 			float64(took[len(took)/2].Microseconds())/1000, float64(took[(len(took)*99)/100].Microseconds())/1000)
 	}
 }
