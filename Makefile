@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION)
 # cached outside the repository; the script prints its directory last.
 ASSETS = $(shell bash hack/envtest-assets.sh | tail -n 1)
 
-.PHONY: all build generate deploy-manifest manifests envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
+.PHONY: all build generate deploy-manifest manifests check-generated envtest-assets test test-vm unit e2e lint bench bench-controller bench-failover bench-forwarder bench-bgp demo demo-bgp demo-keep clean
 
 all: build
 
@@ -29,6 +29,12 @@ deploy-manifest:
 
 manifests: generate
 
+## check-generated: fail when a generated file (CRDs, deepcopy, RBAC,
+## deploy/ironlb.yaml) differs from what `make generate deploy-manifest`
+## makes now; regenerates in a temporary copy, never in the working tree
+check-generated:
+	@ASSETS="$(ASSETS)" bash hack/check-generated.sh
+
 envtest-assets:
 	@bash hack/envtest-assets.sh
 
@@ -38,7 +44,7 @@ envtest-assets:
 ## timings, so they run one package at a time after the others, with nothing
 ## else running beside them.
 LAB_PKGS := ./e2e/...
-test: lint
+test: lint check-generated
 	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v '/e2e')
 	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -p 1 -count=1 -timeout 40m $(LAB_PKGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory test-vm; else echo "skipping the IPVS VM tests: they need root (apt-get, qemu)"; fi
