@@ -88,8 +88,9 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
 
 ## bench-forwarder: nftables forwarder in lab network namespaces (root):
-## one TCP flow through the forwarder vs straight to the backend (ratios,
-## 1.0 = no cost), then sync of 10,000 services x 10 endpoints: full load of
+## one TCP flow through the forwarder vs straight to the backend (ratios
+## forwarded / direct, for throughput and for round-trip time; 1.0 = no
+## cost), then sync of 10,000 services x 10 endpoints: full load of
 ## an empty table and one endpoint changed (mean of 5 each); prints last
 ## `forwarder-sync backend=nftables services=10000 one_change_ms=X full_ms=Y`
 bench-forwarder:
@@ -99,7 +100,7 @@ bench-forwarder:
 	/path=direct\/round_trip-/ { dr = $$3 } /path=forwarded\/round_trip-/ { fr = $$3 } \
 	/\/full_sync-/ { full = $$3 / 1e6 } /\/one_change-/ { one = $$3 / 1e6 } \
 	END { if (!full || !one || !dt || !ft || !dr || !fr) { print "bench-forwarder: no result (the benchmarks need root)"; exit 1 } \
-	printf "forwarder-path backend=nftables throughput_ratio=%.2f round_trip_ratio=%.2f\n", ft / dt, dr / fr; \
+	printf "forwarder-path backend=nftables throughput_ratio=%.2f round_trip_ratio=%.2f\n", ft / dt, fr / dr; \
 	printf "forwarder-sync backend=nftables services=10000 one_change_ms=%.1f full_ms=%.0f\n", one, full }'
 
 ## bench-controller: 5,000 Services to all-assigned against the real API
