@@ -57,8 +57,10 @@ func requestFor(svc *corev1.Service) (wantedRequest, error) {
 		return w, fmt.Errorf("both annotation %s and spec.loadBalancerIP are set: use one", key)
 	case key != "":
 		for _, s := range strings.Split(ips, ",") {
+			// A zone (fe80::1%eth0) names a host's interface, never a
+			// service address.
 			a, err := netip.ParseAddr(strings.TrimSpace(s))
-			if err != nil {
+			if err != nil || a.Zone() != "" {
 				return w, fmt.Errorf("annotation %s: %q is not an IP address", key, s)
 			}
 			w.Addresses = append(w.Addresses, a.Unmap())
@@ -68,7 +70,7 @@ func requestFor(svc *corev1.Service) (wantedRequest, error) {
 		}
 	case svc.Spec.LoadBalancerIP != "":
 		a, err := netip.ParseAddr(svc.Spec.LoadBalancerIP)
-		if err != nil {
+		if err != nil || a.Zone() != "" {
 			return w, fmt.Errorf("spec.loadBalancerIP: %q is not an IP address", svc.Spec.LoadBalancerIP)
 		}
 		w.Addresses = []netip.Addr{a.Unmap()}
