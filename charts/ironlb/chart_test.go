@@ -441,6 +441,30 @@ func TestValuesReachObjects(t *testing.T) {
 	checkRules(t, rule)
 }
 
+// TestSchemaRefusesMistakes: values.schema.json stops a misspelt key or a
+// value ironlb would refuse at `helm template` (and install, upgrade),
+// naming the value, before anything reaches the cluster.
+func TestSchemaRefusesMistakes(t *testing.T) {
+	h := helm(t)
+	for _, tc := range []struct{ set, want string }{
+		{"speaker.forwarder=ipvss", "/speaker/forwarder"},
+		{"speaker.forwarderr=ipvs", "'forwarderr' not allowed"},
+		{"ipMode=proxy", "/ipMode"},
+		{"memberlist.port=70000", "/memberlist/port"},
+		{"loadBalancerClas=x", "'loadBalancerClas' not allowed"},
+	} {
+		t.Run(tc.set, func(t *testing.T) {
+			out, err := exec.Command(h, "template", release, chartDir(t), "--namespace", namespace, "--set", tc.set).CombinedOutput()
+			if err == nil {
+				t.Fatalf("helm template --set %s rendered; want it refused", tc.set)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Errorf("helm template --set %s: %s\nwant the message to name %q", tc.set, out, tc.want)
+			}
+		})
+	}
+}
+
 // TestOptionalObjectsOffByDefault: nothing that needs the Prometheus
 // operator's CRDs is rendered unless asked for.
 func TestOptionalObjectsOffByDefault(t *testing.T) {
