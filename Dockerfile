@@ -3,10 +3,10 @@
 #   docker build --build-arg VERSION=$(git describe --tags --always --dirty) \
 #     -t ironlb/ironlb:$(git describe --tags --always --dirty) .
 #
-# It is the image `make image` writes: FROM scratch, the static binary at
-# /ironlb, user 65532 ("nonroot"). This file is not run in this project's CI,
-# which has no Docker daemon; `make image` builds the same layout without one
-# and is what the project tests.
+# It builds what `make image` writes (same contents, not the same digest):
+# FROM scratch, the static binary at /ironlb, user 65532 ("nonroot"). This
+# file is not run in this project's CI, which has no Docker daemon;
+# `make image` builds the image without one and is what the project tests.
 FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 ARG TARGETOS=linux
 ARG TARGETARCH

@@ -18,6 +18,10 @@ IMAGE_REPO ?= ironlb/ironlb
 IMAGE_TAG ?= $(VERSION)
 IMAGE := $(IMAGE_REPO):$(IMAGE_TAG)
 IMAGE_PLATFORMS ?= linux/amd64 linux/arm64
+# Non-root by default. A non-root process gets no effective capabilities from
+# a pod's capabilities.add (containerd sets no ambient set; checked with
+# containerd 1.6), so the speaker, which needs NET_ADMIN and NET_RAW, must
+# say runAsUser: 0 in its pod spec.
 IMAGE_USER := 65532
 # Times in the image are the commit's, so one commit always gives one digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
