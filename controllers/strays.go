@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,11 +15,17 @@ import (
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 )
+
+// The stray reporters list and watch the configuration kinds in every
+// namespace (as metadata only): the one permission on metallb.io objects
+// outside ironlb's namespace the controller needs.
+// +kubebuilder:rbac:groups=metallb.io,resources=ipaddresspools;l2advertisements;bgpadvertisements;communities;bfdprofiles;bgppeers,verbs=list;watch
 
 // ReasonWrongNamespace is the reason of the Event on a metallb.io
 // configuration object created outside ironlb's namespace.
@@ -61,8 +68,20 @@ type toldAbout struct {
 }
 
 // setupStrayReporters registers one reporter per configuration kind, all
-// sharing one metadata cache of everything outside namespace.
+// sharing one metadata cache of everything outside namespace. Where the
+// controller may not list the configuration kinds cluster-wide (RBAC
+// trimmed by the cluster's owner), it registers none and says so once: a
+// cache that can never sync would stop the whole controller, and the
+// admission policy still refuses such objects at apply time.
 func setupStrayReporters(mgr ctrl.Manager, namespace string, recorder record.EventRecorder) error {
+	probe := &metav1.PartialObjectMetadataList{}
+	probe.SetGroupVersionKind(configKinds[0].GroupVersion().WithKind(configKinds[0].Kind + "List"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := mgr.GetAPIReader().List(ctx, probe, client.Limit(1)); apierrors.IsForbidden(err) {
+		mgr.GetLogger().Info("configuration outside the namespace is not reported: no permission to list it cluster-wide", "namespace", namespace, "reason", err.Error())
+		return nil
+	}
 	strays, err := cache.New(mgr.GetConfig(), cache.Options{
 		Scheme:               mgr.GetScheme(),
 		Mapper:               mgr.GetRESTMapper(),
