@@ -36,10 +36,13 @@ var kernelTunables = []string{
 	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
 }
 
-// labOwned tells names other labs of this machine may add or remove at any
-// time (their "ilb<pid><letter>-" prefixes); they are not this cluster's
-// doing and are left out of the comparison.
-func labOwned(name string) bool { return strings.HasPrefix(name, "ilb") }
+// othersOwn tells names other tests of this machine may add or remove at
+// any time: labs ("ilb<pid><letter>-", which also wait for each other) and
+// the packages' own namespace tests ("ironlb-..."). A real node's leftovers
+// have other names: cni0, veth..., cni-<uuid> network namespaces.
+func othersOwn(name string) bool {
+	return strings.HasPrefix(name, "ilb") || strings.HasPrefix(name, "ironlb-")
+}
 
 // SnapshotHost reads the host's state.
 func SnapshotHost(ctx context.Context) (HostState, error) {
@@ -49,7 +52,7 @@ func SnapshotHost(ctx context.Context) (HostState, error) {
 		return s, fmt.Errorf("list host links: %w", err)
 	}
 	for _, l := range links {
-		if !labOwned(l.Attrs().Name) {
+		if !othersOwn(l.Attrs().Name) {
 			s.Links = append(s.Links, l.Attrs().Name)
 		}
 	}
@@ -71,7 +74,7 @@ func SnapshotHost(ctx context.Context) (HostState, error) {
 	for sc.Scan() {
 		// Mount point and what is mounted, without the ids that change.
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || strings.HasPrefix(fields[4], "/run/netns/ilb") {
+		if len(fields) < 5 || strings.HasPrefix(fields[4], "/run/netns/") && othersOwn(strings.TrimPrefix(fields[4], "/run/netns/")) {
 			continue
 		}
 		s.Mounts = append(s.Mounts, fields[3]+" "+fields[4])
@@ -84,7 +87,7 @@ func SnapshotHost(ctx context.Context) (HostState, error) {
 	for _, h := range dirs {
 		entries, _ := os.ReadDir(h)
 		for _, e := range entries {
-			if e.IsDir() && !labOwned(e.Name()) {
+			if e.IsDir() {
 				s.Cgroups = append(s.Cgroups, h+"/"+e.Name())
 			}
 		}
@@ -99,15 +102,15 @@ func SnapshotHost(ctx context.Context) (HostState, error) {
 	}
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
-		if !labOwned(e.Name()) {
+		if !othersOwn(e.Name()) {
 			s.Namespace = append(s.Namespace, e.Name())
 		}
 	}
 	return s, nil
 }
 
-// Diff lists how after differs from s, one line per difference; empty means
-// nothing was left behind.
+// Diff lists what after has that s had not (removals are other tests'
+// doing), one line per difference; empty means nothing was left behind.
 func (s HostState) Diff(after HostState) []string {
 	var d []string
 	d = append(d, listDiff("link", s.Links, after.Links)...)
@@ -146,12 +149,7 @@ func listDiff(what string, before, after []string) []string {
 	var d []string
 	for _, a := range after {
 		if !slices.Contains(before, a) {
-			d = append(d, fmt.Sprintf("%s added: %s", what, a))
-		}
-	}
-	for _, b := range before {
-		if !slices.Contains(after, b) {
-			d = append(d, fmt.Sprintf("%s removed: %s", what, b))
+			d = append(d, fmt.Sprintf("%s left: %s", what, a))
 		}
 	}
 	return d

@@ -56,6 +56,20 @@ func (n *Node) path(parts ...string) string {
 // start brings the node up: mount namespace, cgroup root, containerd with
 // the images, kubelet, kube-proxy.
 func (n *Node) start(ctx context.Context) error {
+	if err := n.prepare(ctx); err != nil {
+		return err
+	}
+	if err := n.startContainerd(ctx); err != nil {
+		return err
+	}
+	if err := n.startKubelet(); err != nil {
+		return err
+	}
+	return n.startProxy()
+}
+
+// prepare makes the node's directories, cgroup root and mount namespace.
+func (n *Node) prepare(ctx context.Context) error {
 	for _, d := range []string{"containerd/root", "containerd/state", "containerd/opt", "cni/net.d", "cni/ipam",
 		"kubelet/root", "kubelet/certs", "kubelet/pod-logs", "kubelet/volume-plugins"} {
 		if err := os.MkdirAll(n.path(d), 0o755); err != nil {
@@ -74,22 +88,13 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := poll(ctx, 10*time.Second, func() error {
+	return poll(ctx, 10*time.Second, func() error {
 		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", n.mounts.Pid()))
 		if err != nil || exe != n.c.cfg.Pause {
 			return fmt.Errorf("mount namespace holder of %s not ready (exe %q): %v", n.Name, exe, n.mounts)
 		}
 		return nil
-	}); err != nil {
-		return err
-	}
-	if err := n.startContainerd(ctx); err != nil {
-		return err
-	}
-	if err := n.startKubelet(); err != nil {
-		return err
-	}
-	return n.startProxy()
+	})
 }
 
 // inNode starts a component inside the node's namespaces.
