@@ -1,7 +1,9 @@
 package controllers_test
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,6 +69,12 @@ func TestLoadBalancerClasses(t *testing.T) {
 		s.Spec.LoadBalancerClass = &other
 	})
 	waitIngress(t, env, "default", "wants-50", "172.25.254.50")
+	eventually(t, 30*time.Second, func() string {
+		if v, ok := getService(t, env, "default", "plain").Annotations[annFromPool]; ok {
+			return fmt.Sprintf("plain (now class %s) still has %s=%q, want it removed", otherClass, annFromPool, v)
+		}
+		return ""
+	})
 
 	// What the other implementation publishes stays: ironlb leaves the
 	// status of a Service of another class alone.

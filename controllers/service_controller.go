@@ -144,7 +144,7 @@ func (r *ServiceReconciler) stopServing(ctx context.Context, svc *corev1.Service
 		if !held {
 			return nil
 		}
-		return r.publishAnnotation(ctx, svc, "")
+		return r.dropAnnotation(ctx, svc)
 	}
 	return r.publish(ctx, svc, ipam.Assignment{})
 }
@@ -201,28 +201,20 @@ func publishPatch(ingress []corev1.LoadBalancerIngress, pool string) ([]byte, er
 	return patch, nil
 }
 
-// publishAnnotation sets or (pool "") removes only the annotation.
-func (r *ServiceReconciler) publishAnnotation(ctx context.Context, svc *corev1.Service, pool string) error {
-	if svc.Annotations[annAllocatedFromPool] == pool {
+// dropAnnotation removes only the annotation (another class's controller
+// owns the status now). The patch goes to the status subresource, which
+// for Services keeps metadata changes and resets only the spec: the
+// controller's role may write Service status but nothing of a Service's
+// spec.
+func (r *ServiceReconciler) dropAnnotation(ctx context.Context, svc *corev1.Service) error {
+	if _, ok := svc.Annotations[annAllocatedFromPool]; !ok {
 		return nil
 	}
-	orig := svc.DeepCopy()
-	setAllocatedFrom(svc, pool)
-	if err := r.Patch(ctx, svc, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("annotate service %s: %w", serviceKey(svc), err)
+	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:null}}}`, annAllocatedFromPool)
+	if err := r.Status().Patch(ctx, svc, client.RawPatch(types.MergePatchType, patch)); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove annotation %s of service %s: %w", annAllocatedFromPool, serviceKey(svc), err)
 	}
 	return nil
-}
-
-func setAllocatedFrom(svc *corev1.Service, pool string) {
-	if pool == "" {
-		delete(svc.Annotations, annAllocatedFromPool)
-		return
-	}
-	if svc.Annotations == nil {
-		svc.Annotations = map[string]string{}
-	}
-	svc.Annotations[annAllocatedFromPool] = pool
 }
 
 func ingressEqual(a, b []corev1.LoadBalancerIngress) bool {

@@ -16,7 +16,7 @@ import (
 	"github.com/ironlb/ironlb/e2e/cluster"
 )
 
-// TestLabExamples applies the other tutorial manifests of ../shared/examples
+// TestLabExamples applies the other tutorial manifests of examples/
 // unchanged and checks what their users expect, through the speakers and the
 // forwarder as a client on the segment sees them:
 //   - 02: the pool 192.168.100.100-150 gives `kubectl get svc nginx-lb`

@@ -45,7 +45,6 @@ var speakerFlags = []string{"--forwarder=off"}
 func startL2Env(t *testing.T) *l2Env {
 	t.Helper()
 	c := startLabCluster(t)
-	c.createMemberlistSecret(t)
 	e := &l2Env{labCluster: c, t: t, speakers: map[string]*lab.Process{}, macs: map[string]string{}}
 	for _, n := range c.Nodes {
 		e.speakers[n.Name] = startSpeaker(t, c.env.Kubeconfig, n, speakerFlags...)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -19,7 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/e2e/cluster"
 	"github.com/ironlb/ironlb/e2e/lab"
@@ -193,22 +192,18 @@ func hardwareAddr(t *testing.T, host *lab.Host) string {
 	return link.Attrs().HardwareAddr.String()
 }
 
-// createMemberlistSecret creates the Secret whose key encrypts memberlist
-// traffic, as the installation instructions have users do.
-func (c *labCluster) createMemberlistSecret(t *testing.T) {
+// waitMemberlistSecret waits for the memberlist Secret that ironlb's
+// controller creates at start, with a key of at least the 32 bytes the
+// speakers use (they refuse to gossip unencrypted).
+func (c *labCluster) waitMemberlistSecret(t *testing.T) {
 	t.Helper()
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	err := c.env.Client.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: cluster.Namespace, Name: "memberlist"},
-		Data:       map[string][]byte{"secretkey": key},
-	})
-	if err != nil {
-		t.Fatalf("create memberlist secret: %v", err)
+	if out, ok := waitFor(time.Minute, func() (string, bool) {
+		var s corev1.Secret
+		err := c.env.Client.Get(context.Background(), client.ObjectKey{Namespace: cluster.Namespace, Name: "memberlist"}, &s)
+		key := s.Data["secretkey"]
+		return fmt.Sprintf("secret %s/memberlist: %v, %d bytes of secretkey", cluster.Namespace, err, len(key)), err == nil && len(key) >= 32
+	}); !ok {
+		t.Fatalf("the controller did not create the memberlist secret: %s\n%s", out, c.controller.Log())
 	}
 }
 
@@ -243,7 +238,7 @@ func TestLabL2SpeakerFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	c.createMemberlistSecret(t)
+	c.waitMemberlistSecret(t)
 	c.kubectl(t, "apply", "-f", examplePath(t, "01-l2-first-pool.yaml"))
 	c.deployExampleService(t)
 

@@ -49,7 +49,7 @@ func startLabCluster(t *testing.T) *labCluster {
 	return &labCluster{Lab: l, env: env, controller: p}
 }
 
-// deployExampleService applies ../shared/examples/03 unchanged, writes the
+// deployExampleService applies examples/03 unchanged, writes the
 // EndpointSlice of the lab's pods as the EndpointSlice controller would (no
 // kubelet runs the Deployment's pods; the lab's pods stand in for them), and
 // waits until `kubectl get svc dhj-service` shows EXTERNAL-IP

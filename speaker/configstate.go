@@ -15,8 +15,8 @@ import (
 )
 
 // The speaker writes its own node's ConfigurationState.
-// +kubebuilder:rbac:groups=metallb.io,resources=configurationstates,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=metallb.io,resources=configurationstates/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=metallb.io,namespace=metallb-system,resources=configurationstates,verbs=list;watch;create;update
+// +kubebuilder:rbac:groups=metallb.io,namespace=metallb-system,resources=configurationstates/status,verbs=patch
 
 // ConfigurationStateName is the name of the ConfigurationState of node's
 // speaker, as MetalLB names it.

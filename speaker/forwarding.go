@@ -43,6 +43,11 @@ type forwarding struct {
 	run     sync.Mutex
 	stopped bool
 	carried int
+	// programmed are the addresses the last successful sync carries; an
+	// address outside it is not announced (see forwarded). withheld are
+	// those forwarded last left out, so each is told once.
+	programmed map[netip.Addr]bool
+	withheld   map[netip.Addr]bool
 
 	mu sync.Mutex
 	// told holds, per service, the problem messages already sent as
@@ -111,7 +116,50 @@ func (f *forwarding) sync(ctx context.Context, in Inputs, announce []Announcemen
 	if err := f.table.Sync(ctx, vs); err != nil {
 		return fmt.Errorf("forward %d virtual services: %w", len(vs), err)
 	}
+	f.programmed = announced
 	return nil
+}
+
+// ReasonNotForwarded is the Warning Event on a Service whose address this
+// node won but does not announce, because its forwarding failed.
+const ReasonNotForwarded = "NotForwarded"
+
+// forwarded returns the announcements whose addresses the forwarder
+// carried at its last successful sync: an address that would draw traffic
+// here and then drop it is better left to no one (the Service's Event and
+// the speaker's log say why) than announced. After a failed sync that is
+// what the previous one carried, as the backends' failures leave the
+// previous state in place or retry it on the next sync. With the forwarder
+// off every announcement passes. syncErr is the failure told with each
+// address newly held back.
+func (f *forwarding) forwarded(in Inputs, as []Announcement, syncErr error) []Announcement {
+	if f == nil || f.table == nil {
+		return as
+	}
+	f.run.Lock()
+	defer f.run.Unlock()
+	out := make([]Announcement, 0, len(as))
+	withheld := map[netip.Addr]bool{}
+	for _, a := range as {
+		if f.programmed[a.Addr] {
+			out = append(out, a)
+			continue
+		}
+		withheld[a.Addr] = true
+		if f.withheld[a.Addr] {
+			continue
+		}
+		f.log.Error(syncErr, "not announcing: forwarding for the address failed", "service", a.Service, "ip", a.Addr)
+		for i := range in.Services {
+			if in.Services[i].Namespace+"/"+in.Services[i].Name == a.Service {
+				f.recorder.Eventf(&in.Services[i], nil, corev1.EventTypeWarning, ReasonNotForwarded, "Announce",
+					"node %q does not announce %s: its forwarding failed: %v", f.node, a.Addr, syncErr)
+				break
+			}
+		}
+	}
+	f.withheld = withheld
+	return out
 }
 
 // defaultDrain covers a layer-2 hand-over after a clean stop: the leave

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -141,5 +142,72 @@ func TestForwardingStopCleansUp(t *testing.T) {
 				t.Errorf("syncs, cleanups = %v, want one sync before the stop and one cleanup", got)
 			}
 		})
+	}
+}
+
+// flakyTable fails its syncs while err is set.
+type flakyTable struct {
+	fakeTable
+	err error
+}
+
+func (f *flakyTable) Sync(ctx context.Context, vs []forwarder.VirtualService) error {
+	if f.err != nil {
+		return f.err
+	}
+	return f.fakeTable.Sync(ctx, vs)
+}
+
+// An address whose forwarding failed is not announced (it would draw
+// traffic here and drop it), the Service gets one Warning naming the
+// failure, and addresses forwarded before stay announced.
+func TestForwardingFailureWithholdsAnnouncement(t *testing.T) {
+	table := &flakyTable{}
+	rec := events.NewFakeRecorder(10)
+	f := &forwarding{table: table, node: "node1", recorder: rec, told: map[string]map[string]bool{}, log: logr.Discard()}
+	in := Inputs{
+		Node:     "node1",
+		Services: []corev1.Service{fwdService("old", "172.25.254.50", ""), fwdService("new", "172.25.254.51", "")},
+		Slices:   []discoveryv1.EndpointSlice{fwdSlice("old", "10.244.1.10"), fwdSlice("new", "10.244.1.11")},
+	}
+	old := Announcement{Service: "default/old", Addr: netip.MustParseAddr("172.25.254.50")}
+	added := Announcement{Service: "default/new", Addr: netip.MustParseAddr("172.25.254.51")}
+	announceAfterSync := func(as ...Announcement) []Announcement {
+		err := f.sync(context.Background(), in, as)
+		if (err != nil) != (table.err != nil) {
+			t.Fatalf("sync = %v, want the table's error %v", err, table.err)
+		}
+		return f.forwarded(in, as, err)
+	}
+	addrs := func(as []Announcement) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range as {
+			out = append(out, a.Addr)
+		}
+		return out
+	}
+	cmpAddr := cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+
+	if got := announceAfterSync(old); !cmp.Equal(addrs(got), []netip.Addr{old.Addr}, cmpAddr) {
+		t.Fatalf("forwarding works: announced %v, want %v", addrs(got), old.Addr)
+	}
+	table.err = errors.New("set sysctl net.ipv4.vs.conntrack=1: read-only file system")
+	for range 2 {
+		if got := announceAfterSync(old, added); !cmp.Equal(addrs(got), []netip.Addr{old.Addr}, cmpAddr) {
+			t.Errorf("forwarding of %s failed: announced %v, want only %v", added.Addr, addrs(got), old.Addr)
+		}
+	}
+	table.err = nil
+	if got := announceAfterSync(old, added); !cmp.Equal(addrs(got), []netip.Addr{old.Addr, added.Addr}, cmpAddr) {
+		t.Errorf("forwarding repaired: announced %v, want both", addrs(got))
+	}
+
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	if len(got) != 1 || !strings.Contains(got[0], ReasonNotForwarded) || !strings.Contains(got[0], "net.ipv4.vs.conntrack") {
+		t.Errorf("events = %q, want one %s warning naming the failure", got, ReasonNotForwarded)
 	}
 }

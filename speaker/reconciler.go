@@ -36,17 +36,24 @@ const eventSource = "ironlb-speaker"
 const ReasonNodeAssigned = "nodeAssigned"
 
 // The speaker role's permissions, rendered into config/rbac by
-// `make generate`.
-// +kubebuilder:rbac:groups="",resources=services;endpoints;nodes,verbs=get;list;watch
-// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch;update
-// +kubebuilder:rbac:groups=metallb.io,resources=ipaddresspools;l2advertisements;bgpadvertisements;communities;bfdprofiles;bgppeers,verbs=get;list;watch
-// +kubebuilder:rbac:groups=metallb.io,resources=servicel2statuses,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=metallb.io,resources=servicel2statuses/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=metallb.io,resources=servicebgpstatuses,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=metallb.io,resources=servicebgpstatuses/status,verbs=get;update;patch
+// `make generate`; each verb is one the code uses (config/rbac's test runs
+// a speaker under exactly these). Reads go through the manager's cache
+// (list and watch) except two at start-up, before the cache runs: this
+// node's Node (its address) and the memberlist Secret (get).
+//
+// Cluster-wide: what it announces and forwards, and the Events it records
+// on Services (events.k8s.io, controller-runtime's recorder).
+// +kubebuilder:rbac:groups="",resources=services;nodes,verbs=list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+//
+// Only in ironlb's namespace (a Role): the configuration, its Secrets (the
+// memberlist key, BGP passwords) and the per-node status objects.
+// +kubebuilder:rbac:groups="",namespace=metallb-system,resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=metallb.io,namespace=metallb-system,resources=ipaddresspools;l2advertisements;bgpadvertisements;communities;bfdprofiles;bgppeers,verbs=list;watch
+// +kubebuilder:rbac:groups=metallb.io,namespace=metallb-system,resources=servicel2statuses;servicebgpstatuses,verbs=list;watch;create;delete
+// +kubebuilder:rbac:groups=metallb.io,namespace=metallb-system,resources=servicel2statuses/status;servicebgpstatuses/status,verbs=update
 
 // Announcer answers for the given addresses and for no others; each call
 // carries the complete set.
@@ -168,8 +175,9 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	ctrl.LoggerFrom(ctx).V(1).Info("computed announcements", "members", in.Alive, "announce", len(desired))
 	// Forwarding first: an address this node takes over carries traffic
 	// by the time the responder draws it here. A forwarder failure is
-	// retried but does not hold up the announcements (releasing an address
-	// matters most then).
+	// retried; the announcements go ahead without the addresses whose
+	// forwarding is not in place (releasing an address matters most then,
+	// and announcing one that would drop its traffic helps no one).
 	// Addresses advertised by BGP are forwarded too: the router sends
 	// their traffic to this node.
 	var bgpAdvertised []Announcement
@@ -178,6 +186,7 @@ func (r *reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		bgpAdvertised, bgpErr = r.bgp.sync(ctx, in)
 	}
 	fwdErr := r.forwarder.sync(ctx, in, append(slices.Clone(desired), bgpAdvertised...))
+	desired = r.forwarder.forwarded(in, desired, fwdErr)
 	if err := r.announcer.Sync(ctx, desired); err != nil {
 		return reconcile.Result{}, fmt.Errorf("announce %d addresses: %w", len(desired), err)
 	}

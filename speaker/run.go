@@ -37,11 +37,16 @@ import (
 	"github.com/ironlb/ironlb/speaker/membership"
 )
 
-// Secret holding the memberlist encryption key, as in MetalLB.
+// Secret holding the memberlist encryption key, as in MetalLB; the
+// controller creates it when missing.
 const (
-	MemberlistSecret    = "memberlist"
-	MemberlistSecretKey = "secretkey"
+	MemberlistSecret    = controllers.MemberlistSecret
+	MemberlistSecretKey = controllers.MemberlistSecretKey
 )
+
+// ErrNoMemberlistKey is returned when the memberlist Secret did not appear
+// within --memberlist-secret-wait and unencrypted gossip is not allowed.
+var ErrNoMemberlistKey = errors.New("no memberlist key")
 
 // ErrNoNodeName is returned when neither --node-name nor NODE_NAME is set.
 var ErrNoNodeName = errors.New("node name unknown: set --node-name or NODE_NAME")
@@ -60,6 +65,11 @@ type Options struct {
 	// Node's first InternalIP, IPv4 preferred.
 	MemberlistBindAddr string
 	MemberlistPort     int
+	// MemberlistAllowUnencrypted lets memberlist run without a key when
+	// the Secret is absent; otherwise the speaker waits for the Secret up
+	// to MemberlistSecretWait and then fails.
+	MemberlistAllowUnencrypted bool
+	MemberlistSecretWait       time.Duration
 	// Failure-detection knobs, passed to speaker/membership; its package
 	// comment explains the trade-off (detection time against probe traffic
 	// and false suspicion under load).
@@ -99,6 +109,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.LBClass, "lb-class", "", "announce only Services with this spec.loadBalancerClass; empty announces Services without a class")
 	fs.StringVar(&o.MemberlistBindAddr, "memberlist-bind-address", "", "node address memberlist binds to (default $POD_IP, then the Node's InternalIP)")
 	fs.IntVar(&o.MemberlistPort, "memberlist-port", membership.DefaultPort, "memberlist TCP and UDP port, the same on every node")
+	fs.BoolVar(&o.MemberlistAllowUnencrypted, "memberlist-allow-unencrypted", false, "run memberlist unencrypted when the memberlist Secret is absent (anyone on the network could then join and sway the elections); by default the speaker waits for the Secret and fails without it")
+	fs.DurationVar(&o.MemberlistSecretWait, "memberlist-secret-wait", 2*time.Minute, "how long the speaker waits at start for the memberlist Secret (the controller creates it) before it fails")
 	fs.DurationVar(&o.ProbeInterval, "memberlist-probe-interval", 100*time.Millisecond, "how often each speaker probes one peer; lower detects failures sooner at the cost of more probe packets")
 	fs.DurationVar(&o.ProbeTimeout, "memberlist-probe-timeout", 50*time.Millisecond, "wait for a direct probe's answer before asking peers to probe indirectly; keep it above the network's worst round-trip time")
 	fs.IntVar(&o.IndirectChecks, "memberlist-indirect-checks", 2, "peers asked to probe a member that missed a direct probe")
@@ -271,18 +283,15 @@ func NewManager(ctx context.Context, cfg *rest.Config, o Options, d Deps) (ctrl.
 }
 
 // newMembers builds this node's memberlist member: bound to the node's
-// address, encrypted with the memberlist Secret when there is one.
+// address, encrypted with the key of the memberlist Secret.
 func newMembers(ctx context.Context, c client.Reader, o Options, log logr.Logger) (*membership.Members, error) {
 	bind, err := bindAddr(ctx, c, o)
 	if err != nil {
 		return nil, err
 	}
-	key, err := secretKey(ctx, c, o.Namespace)
+	key, err := waitSecretKey(ctx, c, o, log)
 	if err != nil {
 		return nil, err
-	}
-	if key == nil {
-		log.Info("memberlist traffic is not encrypted: no Secret with the key", "secret", o.Namespace+"/"+MemberlistSecret, "key", MemberlistSecretKey)
 	}
 	m, err := membership.New(membership.Config{
 		NodeName:       o.NodeName,
@@ -300,6 +309,41 @@ func newMembers(ctx context.Context, c client.Reader, o Options, log logr.Logger
 		return nil, fmt.Errorf("configure memberlist: %w", err)
 	}
 	return m, nil
+}
+
+// secretPoll is how often the speaker looks for the memberlist Secret
+// while it waits.
+const secretPoll = 2 * time.Second
+
+// waitSecretKey returns the memberlist key. Without
+// --memberlist-allow-unencrypted it waits for the Secret (the controller
+// creates it at its first start) up to o.MemberlistSecretWait, then fails
+// naming the Secret; with it, an absent Secret means no encryption, said
+// in the log.
+func waitSecretKey(ctx context.Context, c client.Reader, o Options, log logr.Logger) ([]byte, error) {
+	name := o.Namespace + "/" + MemberlistSecret
+	key, err := secretKey(ctx, c, o.Namespace)
+	if key != nil || err != nil {
+		return key, err
+	}
+	if o.MemberlistAllowUnencrypted {
+		log.Info("memberlist traffic is not encrypted: no key in the secret, and --memberlist-allow-unencrypted is set", "secret", name, "key", MemberlistSecretKey)
+		return nil, nil
+	}
+	log.Info("waiting for the memberlist secret, which ironlb's controller creates", "secret", name, "key", MemberlistSecretKey, "timeout", o.MemberlistSecretWait)
+	deadline := time.Now().Add(o.MemberlistSecretWait)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for secret %s: %w", name, ctx.Err())
+		case <-time.After(secretPoll):
+		}
+		if key, err = secretKey(ctx, c, o.Namespace); key != nil || err != nil {
+			return key, err
+		}
+	}
+	return nil, fmt.Errorf("%w: secret %s has no %q after %v; is ironlb's controller running? It creates the secret; or create it yourself with `kubectl create secret generic -n %s %s --from-literal=%s=\"$(openssl rand -base64 128)\"`, or run with --memberlist-allow-unencrypted",
+		ErrNoMemberlistKey, name, MemberlistSecretKey, o.MemberlistSecretWait, o.Namespace, MemberlistSecret, MemberlistSecretKey)
 }
 
 // bindAddr is --memberlist-bind-address, else $POD_IP, else the first

@@ -244,16 +244,34 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// ExamplesDir is ../shared/examples beside the repository: the manifests
-// users apply today, which must work unchanged.
+// ExamplesDir is the repository's examples/ directory: the tutorial
+// manifests the tests, the demo and the docs use.
 func ExamplesDir() (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(filepath.Dir(root), "shared", "examples")
+	dir := filepath.Join(root, "examples")
 	if _, err := os.Stat(dir); err != nil {
 		return "", fmt.Errorf("example manifests: %w", err)
 	}
 	return dir, nil
+}
+
+// Eventually polls check until it returns "" and fails the test with its
+// last complaint when timeout passes first: tests wait for what a user
+// would see, never for a fixed time.
+func Eventually(t testing.TB, timeout time.Duration, what string, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %s", what, timeout, msg)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
 }

@@ -357,7 +357,7 @@ func (d *demo) applyExample(name string) error {
 		return err
 	}
 	out, err := d.env.Kubectl("apply", "-f", filepath.Join(dir, name))
-	d.command("kubectl apply -f ../shared/examples/"+name, out)
+	d.command("kubectl apply -f examples/"+name, out)
 	return err
 }
 

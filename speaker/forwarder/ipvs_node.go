@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -90,11 +91,27 @@ func (v *IPVS) prepareNode() error {
 				continue
 			}
 			if err := os.WriteFile(s.path, []byte(s.value), 0o644); err != nil {
-				return fmt.Errorf("set %s=%s: %w", s.path, s.value, err)
+				return sysctlError(s.path, s.value, err)
 			}
 		}
 		return nil
 	})
+}
+
+// ErrNodeSysctl is returned when a sysctl the IPVS backend needs is not
+// set on the node and the speaker cannot set it.
+var ErrNodeSysctl = errors.New("node sysctl not set")
+
+// sysctlError names the sysctl as `sysctl` spells it and, when the write
+// was refused (container runtimes mount /proc/sys read-only for
+// containers that are not privileged), the two ways out.
+func sysctlError(path, value string, err error) error {
+	name := strings.ReplaceAll(strings.TrimPrefix(path, "/proc/sys/"), "/", ".")
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%w: %s=%s: %w; the container cannot write /proc/sys: set it on the node (`sysctl -w %s=%s`, see docs/install.md, Node prerequisites and privileges) or run the speaker with --forwarder=nftables",
+			ErrNodeSysctl, name, value, err, name, value)
+	}
+	return fmt.Errorf("%w: %s=%s: %w", ErrNodeSysctl, name, value, err)
 }
 
 // withNetNS runs fn on an OS thread inside ns (the caller's namespace when

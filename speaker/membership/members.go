@@ -38,8 +38,9 @@ type Config struct {
 	// DefaultPort.
 	Port int
 	// SecretKey is the raw value of the `secretkey` entry of the memberlist
-	// Secret. The encryption key is its SHA-256, so any length works. Empty
-	// disables encryption, which is only for tests.
+	// Secret; DeriveKey makes the encryption key of it, as MetalLB does.
+	// Empty disables encryption (the speaker allows it only with
+	// --memberlist-allow-unencrypted).
 	SecretKey []byte
 	// Peers are joined when Start runs (host or host:port).
 	Peers []string
@@ -84,12 +85,18 @@ const (
 	defaultRejoinWindow            = 2 * time.Minute
 )
 
-// DeriveKey turns the Secret's value into memberlist's 32-byte AES-256 key,
-// the same derivation MetalLB speakers use, so a shared Secret works for
-// both.
+// DeriveKey turns the Secret's value into memberlist's 32-byte AES-256 key
+// exactly as MetalLB's speakers do, so that speakers of both keep
+// gossiping during a migration with the Secret MetalLB's controller made:
+// the first 32 bytes of the value followed by SHA-256 of nothing (MetalLB
+// calls sha256.New().Sum(secret), which appends the empty input's digest
+// to the secret rather than hashing it). A value of 32 bytes or more is
+// thus used as it is, cut to 32; a shorter one is padded with a constant,
+// so only its own bytes are secret (the controller creates 128 random
+// bytes, base64: 192 bits in the first 32 characters).
 func DeriveKey(secret []byte) []byte {
-	sum := sha256.Sum256(secret)
-	return sum[:]
+	empty := sha256.Sum256(nil)
+	return append(slices.Clone(secret), empty[:]...)[:32]
 }
 
 // Members is this speaker's view of which speakers are alive.

@@ -241,11 +241,16 @@ func TestSecretNeverPrinted(t *testing.T) {
 }
 
 func TestDeriveKey(t *testing.T) {
-	// `printf metallb | sha256sum`: a Secret shared with MetalLB speakers
-	// must give the key they use, 32 bytes for AES-256.
-	want := "accc561aab13dad2c660b65b2963e047d0feb2e0836e96f72b6b9840373e0a7e"
-	if got := hex.EncodeToString(DeriveKey([]byte("metallb"))); got != want {
-		t.Errorf("DeriveKey(%q) = %s, want %s", "metallb", got, want)
+	// The keys MetalLB's speakers use for the same Secret values (its
+	// sha256.New().Sum(value)[:32]: the value, then SHA-256 of nothing,
+	// cut to 32 bytes), so both gossip together during a migration.
+	for _, tc := range []struct{ secret, want string }{
+		{"metallb", "6d6574616c6c62e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca4"},
+		{"0123456789abcdefghijklmnopqrstuvwxyzABCDEF", "303132333435363738396162636465666768696a6b6c6d6e6f70717273747576"},
+	} {
+		if got := hex.EncodeToString(DeriveKey([]byte(tc.secret))); got != tc.want {
+			t.Errorf("DeriveKey(%q) = %s, want %s", tc.secret, got, tc.want)
+		}
 	}
 }
 
