@@ -4,8 +4,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +33,10 @@ type ClusterFiles struct {
 	// ServiceAccountKeyFile is the private key ServiceAccount tokens are
 	// signed with.
 	ServiceAccountKeyFile string
+	// KubeletClientCAFile is the CA of the client certificate the API server
+	// presents to kubelets (logs, exec): kubelets trust it for
+	// authentication.
+	KubeletClientCAFile string
 }
 
 // configureCluster turns envtest's API server into a real cluster's: the
@@ -67,13 +73,21 @@ func configureCluster(apiserver *envtest.APIServer, bindAddress, dir string) (Cl
 	if err != nil {
 		return ClusterFiles{}, fmt.Errorf("encode service account public key: %w", err)
 	}
-	files := ClusterFiles{CAFile: filepath.Join(dir, "ca.crt"), ServiceAccountKeyFile: filepath.Join(dir, "sa-signer.key")}
+	kubeletCA, clientCert, clientKey, err := kubeletClientCert()
+	if err != nil {
+		return ClusterFiles{}, err
+	}
+	files := ClusterFiles{CAFile: filepath.Join(dir, "ca.crt"), ServiceAccountKeyFile: filepath.Join(dir, "sa-signer.key"),
+		KubeletClientCAFile: filepath.Join(dir, "kubelet-client-ca.crt")}
 	for name, data := range map[string][]byte{
-		"apiserver.crt": certPEM,
-		"apiserver.key": keyPEM,
-		"ca.crt":        ca,
-		"sa-signer.key": pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
-		"sa-signer.crt": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
+		"kubelet-client-ca.crt": kubeletCA,
+		"kubelet-client.crt":    clientCert,
+		"kubelet-client.key":    clientKey,
+		"apiserver.crt":         certPEM,
+		"apiserver.key":         keyPEM,
+		"ca.crt":                ca,
+		"sa-signer.key":         pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
+		"sa-signer.crt":         pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			return ClusterFiles{}, fmt.Errorf("write %s: %w", name, err)
@@ -85,7 +99,41 @@ func configureCluster(apiserver *envtest.APIServer, bindAddress, dir string) (Cl
 	args.Disable("disable-admission-plugins")
 	args.Set("enable-admission-plugins", "NodeRestriction")
 	args.Set("authorization-mode", "Node,RBAC")
+	args.Set("kubelet-client-certificate", filepath.Join(dir, "kubelet-client.crt"))
+	args.Set("kubelet-client-key", filepath.Join(dir, "kubelet-client.key"))
 	return files, nil
+}
+
+// kubeletClientCert makes a CA and the API server's client certificate
+// signed by it, PEM encoded.
+func kubeletClientCert() (caPEM, certPEM, keyPEM []byte, err error) {
+	caKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("generate kubelet client CA key: %w", err)
+	}
+	ca, err := certutil.NewSelfSignedCACert(certutil.Config{CommonName: "kubelet-client-ca"}, caKey)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("kubelet client CA: %w", err)
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("generate kubelet client key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"kubeadm:cluster-admins"}},
+		NotBefore:    ca.NotBefore,
+		NotAfter:     ca.NotAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("sign kubelet client certificate: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), nil
 }
 
 // UserKubeconfig writes a kubeconfig for a user authenticated by a client

@@ -286,9 +286,9 @@ func poll(ctx context.Context, timeout time.Duration, check func() error) error 
 }
 
 // PodLogs returns the logs of every container of pods whose name starts
-// with prefix in namespace, read from the nodes' pod log directories (the
-// kubelets serve no logs: the API server has no client certificate for
-// them). Each log comes under a header naming node and file.
+// with prefix in namespace, read from the nodes' pod log directories, so
+// they are there even when a kubelet is not. Each log comes under a header
+// naming node and file.
 func (c *Cluster) PodLogs(namespace, prefix string) string {
 	var b strings.Builder
 	for _, n := range c.Nodes {

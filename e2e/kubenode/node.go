@@ -206,7 +206,9 @@ func (n *Node) ctr(ctx context.Context, args ...string) (string, error) {
 }
 
 // kubeletConfig: the settings this machine needs (cgroup v1, cgroupfs, swap
-// on, no CAP_SYS_RESOURCE) and the node's own paths. Image garbage
+// on, no CAP_SYS_RESOURCE) and the node's own paths. Only the API server's
+// client certificate gets in (logs, exec); anyone who has it may do
+// anything, as in a kubeadm cluster's kubelet with AlwaysAllow. Image garbage
 // collection is off because images cannot be pulled back; eviction
 // thresholds are low so a busy shared disk does not taint the node.
 func (n *Node) kubeletConfig() string {
@@ -226,6 +228,8 @@ authentication:
     enabled: false
   webhook:
     enabled: false
+  x509:
+    clientCAFile: %q
 authorization:
   mode: AlwaysAllow
 podLogsDir: %q
@@ -239,7 +243,8 @@ evictionHard:
   nodefs.inodesFree: 1%%
   imagefs.available: 1%%
 nodeStatusUpdateFrequency: 4s
-`, "/"+n.CgroupRoot, "unix://"+n.Socket, n.IPv4.String(), n.path("kubelet/pod-logs"), n.path("kubelet/volume-plugins"))
+`, "/"+n.CgroupRoot, "unix://"+n.Socket, n.IPv4.String(), n.c.cfg.Env.Cluster.KubeletClientCAFile,
+		n.path("kubelet/pod-logs"), n.path("kubelet/volume-plugins"))
 }
 
 func (n *Node) startKubelet() error {
