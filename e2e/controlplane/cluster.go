@@ -99,6 +99,11 @@ func configureCluster(apiserver *envtest.APIServer, bindAddress, dir string) (Cl
 	args.Disable("disable-admission-plugins")
 	args.Set("enable-admission-plugins", "NodeRestriction")
 	args.Set("authorization-mode", "Node,RBAC")
+	if bindAddress != "" {
+		// The kubernetes Service's endpoint, which pods reach through
+		// kube-proxy; by default the machine's own address.
+		args.Set("advertise-address", bindAddress)
+	}
 	args.Set("kubelet-client-certificate", filepath.Join(dir, "kubelet-client.crt"))
 	args.Set("kubelet-client-key", filepath.Join(dir, "kubelet-client.key"))
 	return files, nil

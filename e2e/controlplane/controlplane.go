@@ -96,6 +96,9 @@ func StartWith(opts Options) (*Env, error) {
 		CRDDirectoryPaths:     []string{crds},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme(),
+		// envtest's 20 s is too short for a 2-core machine that builds or
+		// runs a cluster's worth of components beside it.
+		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
 	apiserver := env.ControlPlane.GetAPIServer()
 	if opts.BindAddress != "" {
