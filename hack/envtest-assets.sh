@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real control plane the tests run against (kube-apiserver, etcd,
-# kubectl) from their Go modules, because no prebuilt binaries can be fetched.
+# kubectl) and the parts of a real cluster the lab runs (kubelet,
+# kube-controller-manager, kube-scheduler, kube-proxy) from their Go modules,
+# because no prebuilt binaries can be fetched.
 # The result is cached outside the repository, keyed by version, so a second
 # run is instant and offline. The last line printed is the directory, ready
 # for KUBEBUILDER_ASSETS.
@@ -53,7 +55,11 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   (
@@ -66,9 +72,9 @@ GO
       ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
       ld="$ld -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     done
-    for cmd in kube-apiserver kubectl; do
+    for cmd in "${KUBERNETES_CMDS[@]}"; do
       if ! have "$cmd"; then
-        log "building $cmd $K8S_VERSION (a cold build takes about 20 minutes on 2 cores)"
+        log "building $cmd $K8S_VERSION (kube-apiserver cold takes about 20 minutes on 2 cores, the others share its build cache)"
         go build -trimpath -ldflags "$ld" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd"
         touch "$OUT/.$cmd.ok"
       fi
@@ -90,8 +96,20 @@ build_etcd() {
   )
 }
 
+# Built in this order: kube-apiserver fills the build cache the others
+# mostly reuse.
+# The node components (kubelet, kube-controller-manager, kube-scheduler,
+# kube-proxy) only with IRONLB_NODE_ASSETS=1: only the real-cluster scenario
+# (make e2e-cluster) runs them, and they add about 15 minutes to a cold build.
+KUBERNETES_CMDS=(kube-apiserver kubectl)
+if [ "${IRONLB_NODE_ASSETS:-}" = 1 ]; then
+  KUBERNETES_CMDS+=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+fi
+
 have etcd || build_etcd
-{ have kube-apiserver && have kubectl; } || build_kubernetes
+for cmd in "${KUBERNETES_CMDS[@]}"; do
+  have "$cmd" || { build_kubernetes; break; }
+done
 
 "$OUT/kube-apiserver" --version >&2
 "$OUT/kubectl" version --client >&2 2>/dev/null || true

@@ -132,7 +132,8 @@ func StartController(l *lab.Lab, env *controlplane.Env, ironlb string) (*lab.Pro
 func Build(ctx context.Context, dir, pkg, name string) (string, error) {
 	out := filepath.Join(dir, name)
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+	// Static, so the same binary runs as a lab process and in an image.
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}

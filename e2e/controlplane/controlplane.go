@@ -38,6 +38,10 @@ type Options struct {
 	BindAddress string
 	// CRDDirectory defaults to config/crd/bases of this repository.
 	CRDDirectory string
+	// Cluster serves a real cluster (kubelets, controllers, pods with
+	// ServiceAccounts) rather than tests alone; see configureCluster.
+	// Env.Cluster then names the key material the components need.
+	Cluster bool
 }
 
 // Env is a running control plane.
@@ -47,9 +51,12 @@ type Env struct {
 	Scheme     *runtime.Scheme
 	Kubeconfig string // path of a kubeconfig for kubectl and ironlb processes
 	AssetsDir  string // where kube-apiserver, etcd and kubectl live
+	// Cluster is set when started with Options.Cluster.
+	Cluster ClusterFiles
 
-	env *envtest.Environment
-	dir string
+	env     *envtest.Environment
+	dir     string
+	certDir string
 }
 
 // Scheme returns the scheme ironlb's controllers use.
@@ -92,6 +99,9 @@ func StartWith(opts Options) (*Env, error) {
 		CRDDirectoryPaths:     []string{crds},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme(),
+		// envtest's 20 s is too short for a 2-core machine that builds or
+		// runs a cluster's worth of components beside it.
+		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
 	apiserver := env.ControlPlane.GetAPIServer()
 	if opts.BindAddress != "" {
@@ -108,14 +118,25 @@ func StartWith(opts Options) (*Env, error) {
 	// they do on dual-stack clusters. Private ranges that never leave the
 	// apiserver: no traffic is sent to them.
 	apiserver.Configure().Set("service-cluster-ip-range", "10.96.0.0/16,fd00:10:96::/112")
+	e := &Env{AssetsDir: assets, env: env}
+	if opts.Cluster {
+		if e.certDir, err = os.MkdirTemp("", "ironlb-cluster-pki-"); err != nil {
+			return nil, err
+		}
+		if e.Cluster, err = configureCluster(apiserver, opts.BindAddress, e.certDir); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(e.certDir))
+		}
+	}
 	cfg, err := env.Start()
 	if err != nil {
+		if e.certDir != "" {
+			err = errors.Join(err, os.RemoveAll(e.certDir))
+		}
 		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)
 	}
-	e := &Env{Config: cfg, Scheme: env.Scheme, AssetsDir: assets, env: env}
+	e.Config, e.Scheme = cfg, env.Scheme
 	if err := e.finish(); err != nil {
-		_ = env.Stop()
-		return nil, err
+		return nil, errors.Join(err, e.Stop())
 	}
 	return e, nil
 }
@@ -145,8 +166,10 @@ func (e *Env) finish() error {
 // Stop stops kube-apiserver and etcd and removes the kubeconfig.
 func (e *Env) Stop() error {
 	err := e.env.Stop()
-	if e.dir != "" {
-		err = errors.Join(err, os.RemoveAll(e.dir))
+	for _, dir := range []string{e.dir, e.certDir} {
+		if dir != "" {
+			err = errors.Join(err, os.RemoveAll(dir))
+		}
 	}
 	return err
 }

@@ -61,6 +61,10 @@ type Config struct {
 	Backend string
 	// BackendArgs are extra arguments for every backend.
 	BackendArgs []string
+	// NoPods leaves out the stand-in pod namespaces (Node.Pod is nil):
+	// real kubelets run the pods, and their CNI owns 10.244.N.0/24 on the
+	// node. The host-gw routes between nodes' pod networks stay.
+	NoPods bool
 	// Waiting, if set, is called once when another lab holds the host
 	// address and New has to wait for it.
 	Waiting func()
@@ -197,7 +201,7 @@ func New(ctx context.Context, cfg Config) (_ *Lab, err error) {
 		return nil, fmt.Errorf("new lab %s: %w", cfg.Prefix, err)
 	}
 	l.BringUp = time.Since(start)
-	if cfg.Backend != "" {
+	if cfg.Backend != "" && !cfg.NoPods {
 		for _, n := range l.Nodes {
 			args := append([]string{"--name", n.Pod.Name}, cfg.BackendArgs...)
 			if n.Backend, err = n.Pod.StartProcess(ProcessSpec{Label: "backend", Path: cfg.Backend, Args: args}); err != nil {
@@ -239,9 +243,11 @@ func (l *Lab) build() error {
 		n := &Node{Host: l.newHost(fmt.Sprintf("node%d", i), 10+i), Number: i}
 		n.PodCIDR = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
 		n.Gateway = netip.AddrFrom4([4]byte{10, 244, byte(i), 1})
-		n.Pod = &Host{
-			Name: fmt.Sprintf("pod%d", i), Namespace: l.Prefix + fmt.Sprintf("pod%d", i), Iface: "eth0",
-			IPv4: netip.AddrFrom4([4]byte{10, 244, byte(i), 10}), lab: l,
+		if !l.cfg.NoPods {
+			n.Pod = &Host{
+				Name: fmt.Sprintf("pod%d", i), Namespace: l.Prefix + fmt.Sprintf("pod%d", i), Iface: "eth0",
+				IPv4: netip.AddrFrom4([4]byte{10, 244, byte(i), 10}), lab: l,
+			}
 		}
 		l.Nodes = append(l.Nodes, n)
 	}
@@ -293,7 +299,13 @@ func (l *Lab) build() error {
 		}
 	}
 	for i, n := range l.Nodes {
-		if err := l.buildPod(n, i); err != nil {
+		if err := l.routePods(n, i); err != nil {
+			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+		if n.Pod == nil {
+			continue
+		}
+		if err := l.buildPod(n); err != nil {
 			return fmt.Errorf("%s: %w", n.Pod.Name, err)
 		}
 	}
@@ -382,17 +394,47 @@ func configureSegmentHost(h *netlink.Handle, host, router *Host) error {
 	return addRoute(h, link, netip.Prefix{}, router.IPv6)
 }
 
-// buildPod wires node i's pod and the host-gw routes: the node reaches every
-// other node's pod network through that node's segment address.
-func (l *Lab) buildPod(n *Node, i int) error {
-	nodeNS := l.handles[slices.Index(l.namespaces, n.Namespace)]
+// nodeHandle is a netlink handle inside node n's namespace.
+func (l *Lab) nodeHandle(n *Node) (*netlink.Handle, error) {
+	nh, err := netlink.NewHandleAt(l.handles[slices.Index(l.namespaces, n.Namespace)])
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", n.Namespace, err)
+	}
+	return nh, nil
+}
+
+// routePods sets node i's host-gw routes: the node reaches every other
+// node's pod network through that node's segment address.
+func (l *Lab) routePods(n *Node, i int) error {
+	nh, err := l.nodeHandle(n)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	eth0, err := nh.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("find eth0: %w", err)
+	}
+	for j, other := range l.Nodes {
+		if j == i {
+			continue
+		}
+		if err := addRoute(nh, eth0, other.PodCIDR, other.IPv4); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildPod wires node n's stand-in pod behind the node's 10.244.N.1.
+func (l *Lab) buildPod(n *Node) error {
 	podNS, err := l.namespace(n.Pod.Namespace, endSysctls)
 	if err != nil {
 		return err
 	}
-	nh, err := netlink.NewHandleAt(nodeNS)
+	nh, err := l.nodeHandle(n)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", n.Namespace, err)
+		return err
 	}
 	defer nh.Close()
 	veth := &netlink.Veth{
@@ -408,18 +450,6 @@ func (l *Lab) buildPod(n *Node, i int) error {
 	}
 	if err := nh.LinkSetUp(veth); err != nil {
 		return fmt.Errorf("set vethpod up: %w", err)
-	}
-	eth0, err := nh.LinkByName("eth0")
-	if err != nil {
-		return fmt.Errorf("find eth0: %w", err)
-	}
-	for j, other := range l.Nodes {
-		if j == i {
-			continue
-		}
-		if err := addRoute(nh, eth0, other.PodCIDR, other.IPv4); err != nil {
-			return err
-		}
 	}
 
 	ph, err := netlink.NewHandleAt(podNS)
@@ -483,7 +513,9 @@ func (l *Lab) Hosts() []*Host {
 		hs = append(hs, n.Host)
 	}
 	for _, n := range l.Nodes {
-		hs = append(hs, n.Pod)
+		if n.Pod != nil {
+			hs = append(hs, n.Pod)
+		}
 	}
 	return hs
 }
