@@ -111,12 +111,11 @@ test-vm:
 unit:
 	$(GO) test ./internal/... ./speaker/...
 
-## e2e-cluster: the real-cluster scenario (kubelets, containerd, kube-proxy in
-## the lab; root required). Builds the node components first. Unfinished:
-## the ironlb install on real nodes does not pass yet (issue #12).
+## e2e-cluster: only the real-cluster scenario (kubelets, containerd,
+## kube-proxy in the lab, ironlb installed from deploy/ironlb.yaml; root
+## required). `make test` and `make e2e` run it too.
 e2e-cluster:
-	IRONLB_NODE_ASSETS=1 bash hack/envtest-assets.sh >/dev/null
-	KUBEBUILDER_ASSETS="$(ASSETS)" IRONLB_REAL_CLUSTER=1 $(GO) test -p 1 -count=1 -timeout 40m -v -run 'TestRealCluster' ./e2e/
+	KUBEBUILDER_ASSETS="$(ASSETS)" $(GO) test -p 1 -count=1 -timeout 40m -v -run 'TestRealCluster' ./e2e/
 
 ## e2e: the namespace-lab scenarios (root required)
 e2e:

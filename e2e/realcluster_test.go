@@ -40,11 +40,6 @@ type realCluster struct {
 // and the test fails if the host's namespaces keep anything afterwards.
 func startRealCluster(t *testing.T) *realCluster {
 	t.Helper()
-	// Opt-in until its ironlb install passes (issue #12): it needs the node
-	// components, which `make e2e-cluster` builds (IRONLB_NODE_ASSETS=1).
-	if os.Getenv("IRONLB_REAL_CLUSTER") != "1" {
-		t.Skip("real-cluster scenario is opt-in while its ironlb install is unfinished (issue #12): run make e2e-cluster")
-	}
 	lab.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
