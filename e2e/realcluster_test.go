@@ -281,17 +281,7 @@ func TestRealCluster(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var seen []string
-	out, ok = waitFor(time.Minute, func() (string, bool) {
-		a, err := curlFrom(ctx, c.Nodes[0].Host, clusterIP)
-		if err != nil {
-			return err.Error(), false
-		}
-		if !slices.Contains(seen, a.pod) {
-			seen = append(seen, a.pod)
-		}
-		return fmt.Sprintf("answered so far: %v", seen), len(seen) == 3
-	})
+	seen, out, ok := untilPodsAnswer(ctx, c.Nodes[0].Host, clusterIP, 3)
 	if !ok {
 		t.Fatalf("curl http://%s/ from node1 through kube-proxy did not reach all 3 pods: %s", clusterIP, out)
 	}
@@ -405,19 +395,26 @@ func (c *realCluster) ironlbInstalled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	vip := netip.MustParseAddr("172.25.254.50")
+	seen, out, ok := untilPodsAnswer(ctx, c.Client, vip, 3)
+	if !ok {
+		fail("curl http://%s/ from the client did not reach all 3 backend pods: %s", vip, out)
+	}
+	t.Logf("curl http://%s/ from the client reached %v", vip, seen)
+}
+
+// untilPodsAnswer curls addr from h until want distinct pods have answered or
+// a minute passes; it returns the pods seen and the last progress message.
+func untilPodsAnswer(ctx context.Context, h *lab.Host, addr netip.Addr, want int) ([]string, string, bool) {
 	var seen []string
-	out, ok = waitFor(time.Minute, func() (string, bool) {
-		a, err := curlFrom(ctx, c.Client, vip)
+	out, ok := waitFor(time.Minute, func() (string, bool) {
+		a, err := curlFrom(ctx, h, addr)
 		if err != nil {
 			return err.Error(), false
 		}
 		if !slices.Contains(seen, a.pod) {
 			seen = append(seen, a.pod)
 		}
-		return fmt.Sprintf("answered so far: %v", seen), len(seen) == 3
+		return fmt.Sprintf("answered so far: %v", seen), len(seen) == want
 	})
-	if !ok {
-		fail("curl http://%s/ from the client did not reach all 3 backend pods: %s", vip, out)
-	}
-	t.Logf("curl http://%s/ from the client reached %v", vip, seen)
+	return seen, out, ok
 }
